@@ -1,0 +1,54 @@
+"""The proxy's aiohttp application and its lifecycle."""
+
+from __future__ import annotations
+
+import contextlib
+
+import structlog
+from aiohttp import web
+
+from guardian_proxy import openai_routes
+from guardian_proxy.context import CTX_KEY, ProxyContext
+from guardian_proxy.supervisor_link import SupervisorLink
+from shared.config import Config
+
+log = structlog.get_logger("proxy")
+OLLAMA_VERSION = "0.12.6"
+
+
+async def root(request: web.Request) -> web.Response:
+    return web.Response(text="Ollama is running")
+
+
+def create_app(pc: ProxyContext) -> web.Application:
+    max_body = int(pc.config.settings.proxy.max_body_mb * 2**20)
+    app = web.Application(client_max_size=max_body)
+    app[CTX_KEY] = pc
+    app.router.add_get("/", root)  # GET also answers HEAD
+    openai_routes.add_routes(app, pc)
+    return app
+
+
+class ProxyServer:
+    """guardian-proxy: the API on proxy.port; start/stop for the daemon runner."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.ctx = ProxyContext(config, SupervisorLink(config.socket_path))
+        self._runners: list[web.AppRunner] = []
+
+    async def start(self) -> None:
+        await self.ctx.start()
+        p = self.config.settings.proxy
+        runner = web.AppRunner(create_app(self.ctx), handler_cancellation=True, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, p.host, p.port, backlog=1024).start()
+        self._runners.append(runner)
+        log.info("proxy_listening", url=f"http://{p.host}:{p.port}")
+
+    async def stop(self) -> None:
+        for runner in self._runners:
+            with contextlib.suppress(Exception):
+                await runner.cleanup()
+        await self.ctx.close()
+        log.info("proxy_stopped")

@@ -1,0 +1,65 @@
+"""Errors as each API writes them: OpenAI `{"error": {...}}`, Ollama `{"error": "..."}`."""
+
+from __future__ import annotations
+
+import json
+
+from aiohttp import web
+
+from shared.errors import Code, GuardianError
+
+_OPENAI_TYPES = {
+    400: "invalid_request_error",
+    401: "invalid_request_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+def _headers(retry_after: int | None) -> dict[str, str] | None:
+    return {"Retry-After": str(retry_after)} if retry_after else None
+
+
+def openai_error(
+    status: int,
+    message: str,
+    code: str | None = None,
+    param: str | None = None,
+    retry_after: int | None = None,
+) -> web.Response:
+    body = {
+        "error": {
+            "message": message,
+            "type": _OPENAI_TYPES.get(status, "server_error"),
+            "param": param,
+            "code": code,
+        }
+    }
+    return web.Response(
+        status=status, text=json.dumps(body), content_type="application/json", headers=_headers(retry_after)
+    )
+
+
+def ollama_error(status: int, message: str, retry_after: int | None = None) -> web.Response:
+    return web.Response(
+        status=status,
+        text=json.dumps({"error": message}),
+        content_type="application/json",
+        headers=_headers(retry_after),
+    )
+
+
+def openai_from(err: GuardianError) -> web.Response:
+    code = {
+        Code.MODEL_NOT_FOUND: "model_not_found",
+        Code.DOES_NOT_FIT: "insufficient_memory",
+        Code.QUEUE_FULL: "queue_full",
+    }.get(err.code, err.code.name.lower())
+    param = "model" if err.code is Code.MODEL_NOT_FOUND else None
+    return openai_error(err.code.http_status, err.message, code, param, err.code.retry_after)
+
+
+def ollama_from(err: GuardianError) -> web.Response:
+    return ollama_error(err.code.http_status, err.message, err.code.retry_after)

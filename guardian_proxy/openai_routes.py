@@ -1,0 +1,94 @@
+"""The OpenAI-compatible /v1 routes: relayed to the model's llama-server as they are."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from guardian_proxy.context import ProxyContext, ctx_of
+from guardian_proxy.errors_http import openai_error, openai_from
+from guardian_proxy.relay import UpstreamError, leased, pipe, upstream
+from shared.errors import GuardianError
+
+
+async def read_json(request: web.Request) -> tuple[bytes, dict[str, Any]] | web.Response:
+    body = await request.read()
+    try:
+        payload = json.loads(body)
+    except ValueError as e:
+        return openai_error(400, f"request body is not valid JSON: {e}")
+    if not isinstance(payload, dict):
+        return openai_error(400, "request body must be a JSON object")
+    model = payload.get("model")
+    if not isinstance(model, str) or not model:
+        return openai_error(
+            400, "'model' is required: name one of the models listed at /v1/models", param="model"
+        )
+    return body, payload
+
+
+def make_relay(path: str) -> Any:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        parsed = await read_json(request)
+        if isinstance(parsed, web.Response):
+            return parsed
+        body, payload = parsed
+        pc = ctx_of(request)
+        if (denied := pc.check_scope(request, payload["model"], "openai")) is not None:
+            return denied
+        try:
+            async with (
+                leased(pc.link, payload["model"]) as lease,
+                upstream(pc.session, lease, path, body) as up,
+            ):
+                return await pipe(request, up, lease.model)
+        except GuardianError as e:
+            return openai_from(e)
+        except UpstreamError as e:
+            return openai_error(e.status, str(e))
+
+    handler.__name__ = "relay_" + path.strip("/").replace("/", "_")
+    return handler
+
+
+async def list_models(request: web.Request) -> web.Response:
+    pc = ctx_of(request)
+    try:
+        models = await pc.link.models()
+    except GuardianError as e:
+        return openai_from(e)
+    data = [_model_obj(m) for m in models]
+    return web.json_response({"object": "list", "data": data})
+
+
+async def get_model(request: web.Request) -> web.Response:
+    pc = ctx_of(request)
+    name = request.match_info["model"]
+    try:
+        models = await pc.link.models()
+    except GuardianError as e:
+        return openai_from(e)
+    for m in models:
+        if name in (m["name"], m["canonical"], *m["aliases"]):
+            return web.json_response(_model_obj(m))
+    return openai_error(404, f"The model '{name}' does not exist", "model_not_found", "model")
+
+
+def _model_obj(m: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": m["name"],
+        "object": "model",
+        "created": 0,
+        "owned_by": "guardian",
+        "meta": {"context": m["context"], "state": m["state"]},
+    }
+
+
+def add_routes(app: web.Application, pc: ProxyContext) -> None:
+    app.router.add_post("/v1/chat/completions", make_relay("/v1/chat/completions"))
+    app.router.add_post("/v1/completions", make_relay("/v1/completions"))
+    app.router.add_post("/v1/embeddings", make_relay("/v1/embeddings"))
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/v1/models/{model:.+}", get_model)

@@ -1,0 +1,101 @@
+"""Relay a request to a llama-server and its answer back, chunk by chunk as it arrives.
+
+Nothing here buffers a stream: `pipe` writes each chunk the moment aiohttp has it, and
+`sse_events` hands each decoded event to a translator. A client that disconnects cancels the
+handler (handler_cancellation=True), which closes the upstream request.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from guardian_proxy.supervisor_link import Lease, SupervisorLink
+
+JSON_HEADERS = {"Content-Type": "application/json"}
+STREAM_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+class UpstreamError(Exception):
+    """llama-server could not be reached or broke off; `status` is what the client should get."""
+
+    def __init__(self, message: str, status: int = 502) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@asynccontextmanager
+async def leased(
+    link: SupervisorLink, model: str, *, ctx: int | None = None, keep_alive: Any = None
+) -> AsyncIterator[Lease]:
+    """Hold a lease on `model` for the duration of the block; always released."""
+    lease = await link.acquire(model, ctx=ctx, keep_alive=keep_alive)
+    try:
+        yield lease
+    finally:
+        link.release(lease.id)
+
+
+@asynccontextmanager
+async def upstream(
+    session: aiohttp.ClientSession, lease: Lease, path: str, body: bytes
+) -> AsyncIterator[aiohttp.ClientResponse]:
+    """POST to the lease's llama-server; connection failures become UpstreamError."""
+    timeout = aiohttp.ClientTimeout(total=lease.timeout_s)
+    for attempt in (1, 2):
+        try:
+            async with session.post(
+                lease.url + path, data=body, headers=JSON_HEADERS, timeout=timeout
+            ) as resp:
+                yield resp
+                return
+        except aiohttp.ServerDisconnectedError as e:
+            if attempt == 2:  # first try may hit a pooled connection the server already closed
+                raise UpstreamError(f"llama-server for '{lease.model}' closed the connection: {e}") from e
+        except aiohttp.ClientConnectionError as e:
+            raise UpstreamError(f"llama-server for '{lease.model}' is not reachable: {e}") from e
+        except TimeoutError as e:
+            raise UpstreamError(
+                f"llama-server for '{lease.model}' did not answer within {lease.timeout_s:g} s", 504
+            ) from e
+
+
+def sse_error_event(message: str, status: int = 500) -> bytes:
+    err = {"error": {"code": status, "message": message, "type": "server_error"}}
+    return b"data: " + json.dumps(err).encode() + b"\n\n"
+
+
+async def pipe(request: web.Request, up: aiohttp.ClientResponse, model: str) -> web.StreamResponse:
+    """Answer with llama-server's response: streams chunk by chunk, JSON as one body."""
+    ctype = up.headers.get("Content-Type", "application/json")
+    if not ctype.startswith("text/event-stream"):
+        return web.Response(body=await up.read(), status=up.status, headers={"Content-Type": ctype})
+    resp = web.StreamResponse(status=up.status, headers=STREAM_HEADERS)
+    await resp.prepare(request)
+    try:
+        async for chunk in up.content.iter_any():
+            await resp.write(chunk)
+    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as e:
+        # llama-server died or stalled mid-stream: tell the client in-band, the status is sent.
+        await resp.write(
+            sse_error_event(f"llama-server for '{model}' broke off the stream: {type(e).__name__}")
+        )
+    await resp.write_eof()
+    return resp
+
+
+async def sse_events(up: aiohttp.ClientResponse) -> AsyncIterator[dict[str, Any]]:
+    """Decoded `data:` events of an SSE stream, until `[DONE]` or the end; comments skipped."""
+    async for raw in up.content:
+        if not raw.startswith(b"data:"):
+            continue  # blank separators, ": ping" comments, event: lines
+        data = raw[5:].strip()
+        if data == b"[DONE]":
+            return
+        if data:
+            yield json.loads(data)

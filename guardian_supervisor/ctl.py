@@ -1,0 +1,156 @@
+"""guardianctl: a CLI over the supervisor's admin RPC. Every command has --json."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from shared.config import default_config_dir, load_settings
+from shared.errors import GuardianError
+from shared.rpc import call_sync
+from shared.yamlschema import ConfigError
+
+
+class Ctl:
+    def __init__(self, config_dir: Path, socket: str | None) -> None:
+        self.config_dir = config_dir
+        self._socket = socket
+
+    @property
+    def socket(self) -> Path:
+        if self._socket:
+            return Path(self._socket)
+        try:
+            return load_settings(self.config_dir).supervisor.socket
+        except ConfigError as e:
+            raise click.ClickException(f"cannot find the supervisor socket: {e}") from e
+
+    def call(self, method: str, params: dict[str, Any] | None = None, timeout: float | None = None) -> Any:
+        try:
+            return call_sync(self.socket, method, params, timeout)
+        except GuardianError as e:
+            click.echo(f"error: {e.message}", err=True)
+            for line in e.data.get("log_tail", []) or []:
+                click.echo(f"  | {line}", err=True)
+            sys.exit(e.code.exit_code)
+
+
+def emit(as_json: bool, data: Any, human: Any = None) -> None:
+    if as_json:
+        click.echo(json.dumps(data, indent=2, sort_keys=True))
+    elif callable(human):
+        human(data)
+    else:
+        click.echo(human if human is not None else data)
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+
+
+@click.group()
+@click.option(
+    "--config-dir",
+    envvar="GUARDIAN_CONFIG_DIR",
+    default=None,
+    help="Directory with settings.yaml (default: ./etc).",
+)
+@click.option(
+    "--socket",
+    envvar="GUARDIAN_SOCKET",
+    default=None,
+    help="Supervisor socket (default: from settings.yaml).",
+)
+@click.pass_context
+def main(ctx: click.Context, config_dir: str | None, socket: str | None) -> None:
+    """Control a running guardian-supervisor."""
+    ctx.obj = Ctl(Path(config_dir).resolve() if config_dir else default_config_dir(), socket)
+
+
+def _print_status(st: dict[str, Any]) -> None:
+    click.echo(f"{'MODEL':<24} {'STATE':<9} {'PORT':>5} {'PID':>7} {'INFLIGHT':>8} {'CTX':>7}  REASON")
+    for m in st["models"]:
+        click.echo(
+            f"{m['name']:<24} {m['state']:<9} {m['port'] or '-':>5} {m['pid'] or '-':>7} {m['inflight']:>8} {m['ctx'] or '-':>7}  {m['reason']}"
+        )
+        if m["pid"]:
+            click.echo(f"    argv: {' '.join(m['argv'])}")
+        if m["last_error"]:
+            click.echo(f"    error: {m['last_error']}")
+    click.echo(f"leases: {st['leases']}  queued: {st['queued']}  supervisor pid: {st['pid']}")
+
+
+@main.command()
+@json_option
+@click.pass_obj
+def status(ctl: Ctl, as_json: bool) -> None:
+    """Every model's state, port, pid and exact argv."""
+    emit(as_json, ctl.call("models.status"), _print_status)
+
+
+@main.command()
+@json_option
+@click.pass_obj
+def models(ctl: Ctl, as_json: bool) -> None:
+    """The configured models."""
+
+    def human(ms: list[dict[str, Any]]) -> None:
+        click.echo(f"{'MODEL':<24} {'STATE':<9} {'CONTEXT':>8} {'BACKEND':<10} PATH")
+        for m in ms:
+            click.echo(f"{m['name']:<24} {m['state']:<9} {m['context']:>8} {m['backend']:<10} {m['path']}")
+
+    emit(as_json, ctl.call("models.list"), human)
+
+
+@main.command()
+@click.argument("model")
+@json_option
+@click.pass_obj
+def load(ctl: Ctl, model: str, as_json: bool) -> None:
+    """Load MODEL now (waits until it is ready)."""
+    st = ctl.call("models.load", {"model": model})
+    emit(as_json, st, f"{st['name']} is {st['state']} on port {st['port']} (pid {st['pid']})")
+
+
+@main.command()
+@click.argument("model", required=False)
+@click.option("--all", "all_", is_flag=True, help="Unload every model.")
+@json_option
+@click.pass_obj
+def unload(ctl: Ctl, model: str | None, all_: bool, as_json: bool) -> None:
+    """Unload MODEL (or --all) once its in-flight requests finish."""
+    if bool(model) == all_:
+        raise click.UsageError("name one MODEL or pass --all")
+    stopped = ctl.call("models.unload", {"all": True} if all_ else {"model": model})
+    emit(as_json, stopped, "unloaded: " + (", ".join(stopped) if stopped else "nothing was loaded"))
+
+
+@main.command()
+@json_option
+@click.pass_obj
+def reload(ctl: Ctl, as_json: bool) -> None:
+    """Re-read settings.yaml and models.yaml; a bad file keeps the running configuration."""
+    r = ctl.call("config.reload")
+    emit(as_json, r, f"configuration reloaded; changed: {', '.join(r['changed']) or 'nothing'}")
+
+
+@main.command()
+@click.argument("model")
+@click.option("-n", "--lines", default=50, show_default=True)
+@json_option
+@click.pass_obj
+def logs(ctl: Ctl, model: str, lines: int, as_json: bool) -> None:
+    """The last lines llama-server printed for MODEL."""
+    emit(
+        as_json,
+        ctl.call("models.logs", {"model": model, "lines": lines}),
+        lambda ls: click.echo("\n".join(ls)),
+    )
+
+
+if __name__ == "__main__":
+    main(prog_name=os.path.basename(sys.argv[0]))

@@ -1,0 +1,139 @@
+"""guardian-supervisor: owns configuration, llama-server children and the admin RPC."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+from pathlib import Path
+from typing import Any
+
+import click
+import structlog
+
+from guardian_supervisor.methods import config as config_methods
+from guardian_supervisor.methods import models as model_methods
+from guardian_supervisor.rpc_server import Connection, RpcServer
+from guardian_supervisor.scheduler import Planner, Scheduler
+from shared.config import Config, default_config_dir, load_config
+from shared.errors import Code, GuardianError
+from shared.logs import setup_logging
+from shared.yamlschema import ConfigError
+
+log = structlog.get_logger("supervisor")
+
+
+def sd_notify(state: str) -> None:
+    """Tell systemd (Type=notify) about our state; a no-op outside systemd."""
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]
+    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.connect(addr)
+        s.sendall(state.encode())
+
+
+class Supervisor:
+    def __init__(self, config: Config, planner: Planner | None = None) -> None:
+        self.config = config
+        self.pid = os.getpid()
+        self.scheduler = Scheduler(config, planner)
+        self.rpc = RpcServer(config.socket_path, self._on_close)
+        config_methods.register(self.rpc, self)
+        model_methods.register(self.rpc, self)
+
+    def _on_close(self, conn: Connection) -> None:
+        self.scheduler.release_connection(conn.id)
+
+    def extra_status(self) -> dict[str, Any]:
+        return {}
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self._prepare_dirs)
+        await self.rpc.start()
+        log.info(
+            "supervisor_ready",
+            socket=str(self.config.socket_path),
+            models=list(self.config.models),
+            pid=self.pid,
+        )
+        sd_notify("READY=1\nSTATUS=listening on " + str(self.config.socket_path))
+
+    def _prepare_dirs(self) -> None:
+        data = self.config.data_dir
+        for sub in ("logs", "slots"):
+            (data / sub).mkdir(parents=True, exist_ok=True)
+
+    async def reload(self) -> list[str]:
+        try:
+            config = await asyncio.to_thread(load_config, self.config.config_dir)
+        except ConfigError as e:
+            log.warning("reload_rejected", error=str(e))
+            raise GuardianError(
+                Code.CONFIG_INVALID,
+                f"{e}; the running configuration was kept",
+                {"file": e.file, "line": e.line, "key": e.key},
+            ) from e
+        self.config = config
+        changed = self.scheduler.apply_config(config)
+        log.info("config_reloaded", changed=changed)
+        return changed
+
+    async def stop(self) -> None:
+        sd_notify("STOPPING=1")
+        await self.rpc.close()
+        await self.scheduler.close()
+        log.info("supervisor_stopped")
+
+
+async def serve_until_signalled(*runners: Any) -> None:
+    """Start each runner (start/stop pair), wait for SIGINT/SIGTERM, stop them in reverse."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    started = []
+    try:
+        for r in runners:
+            await r.start()
+            started.append(r)
+        await stop.wait()
+        log.info("shutting_down")
+    finally:
+        for r in reversed(started):
+            await r.stop()
+
+
+def load_or_exit(config_dir: str | None) -> Config:
+    path = default_config_dir() if config_dir is None else os.path.abspath(config_dir)
+    try:
+        return load_config(Path(path))
+    except ConfigError as e:
+        raise click.ClickException(f"configuration error: {e}") from e
+
+
+@click.command()
+@click.option(
+    "--config-dir",
+    envvar="GUARDIAN_CONFIG_DIR",
+    default=None,
+    help="Directory with settings.yaml and models.yaml (default: ./etc).",
+)
+@click.option(
+    "--log-level", default=None, help="debug, info, warning or error (default: settings.yaml logging.level)."
+)
+def main(config_dir: str | None, log_level: str | None) -> None:
+    """Run the Guardian supervisor in the foreground."""
+    config = load_or_exit(config_dir)
+    setup_logging(log_level or config.settings.logging.level, config.settings.logging.format)
+    sup = Supervisor(config)
+    try:
+        asyncio.run(serve_until_signalled(sup))
+    except GuardianError as e:
+        raise click.ClickException(e.message) from e
+    finally:
+        sup.scheduler.kill_all_now()

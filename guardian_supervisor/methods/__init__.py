@@ -1,0 +1,1 @@
+"""RPC method groups, one module per noun; `register_all` wires them explicitly."""

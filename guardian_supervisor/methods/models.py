@@ -1,0 +1,125 @@
+"""models.* — leases for the proxy, load/unload/status for guardianctl."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from guardian_supervisor.rpc_server import Connection, RpcServer, params_str
+from shared.config import canonical_name, timeouts_for
+from shared.errors import Code, GuardianError
+
+if TYPE_CHECKING:
+    from guardian_supervisor.daemon import Supervisor
+
+
+def register(server: RpcServer, sup: Supervisor) -> None:
+    sched = sup.scheduler
+
+    async def acquire(params: dict[str, Any], conn: Connection) -> dict[str, Any]:
+        """Wait until MODEL is ready and lease it: {model, ctx?, keep_alive?} → {lease, url, ...}.
+
+        The lease belongs to this connection; release it with models.release.
+        """
+        name = params_str(params, "model")
+        assert name is not None
+        ctx = params.get("ctx")
+        if ctx is not None and (not isinstance(ctx, int) or isinstance(ctx, bool) or ctx < 0):
+            raise GuardianError(Code.INVALID_PARAMS, "parameter 'ctx' must be a non-negative integer")
+        t0 = time.monotonic()
+        try:
+            lease, rt = await sched.acquire(
+                name, conn.id, ctx=ctx or None, keep_alive=params.get("keep_alive")
+            )
+        except ValueError as e:
+            raise GuardianError(Code.INVALID_PARAMS, str(e)) from e
+        timeout_s, _ = timeouts_for(sched.config, rt.config)
+        return {
+            "lease": lease.id,
+            "model": rt.name,
+            "url": f"http://127.0.0.1:{rt.port}",
+            "ctx": rt.ctx,
+            "timeout_s": timeout_s,
+            "waited_s": round(time.monotonic() - t0, 6),  # queue + load time: Ollama's load_duration
+            "embeddings": rt.config.embeddings,
+        }
+
+    async def release(params: dict[str, Any], conn: Connection) -> bool:
+        """Release a lease: {lease}. Idempotent."""
+        lease = params_str(params, "lease")
+        assert lease is not None
+        return sched.release(lease)
+
+    async def list_models(params: dict[str, Any], conn: Connection) -> list[dict[str, Any]]:
+        """Every configured model with its state and what clients need to list it."""
+        out = []
+        for rt in sched.runtimes.values():
+            cfg = rt.config
+            timeout_s, load_timeout_s = timeouts_for(sched.config, cfg)
+            out.append(
+                {
+                    "name": cfg.name,
+                    "canonical": canonical_name(cfg.name),
+                    "aliases": list(cfg.aliases),
+                    "path": str(cfg.path),
+                    "context": cfg.context,
+                    "embeddings": cfg.embeddings,
+                    "mmproj": str(cfg.mmproj) if cfg.mmproj else None,
+                    "backend": sched.config.backend_name(cfg),
+                    "state": str(rt.state),
+                    "ctx": rt.ctx,
+                    "expires_at": rt.idle_deadline_wall,
+                    "timeout_s": timeout_s,
+                    "load_timeout_s": load_timeout_s,
+                    "pinned": cfg.pinned,
+                }
+            )
+        return out
+
+    async def status(params: dict[str, Any], conn: Connection) -> dict[str, Any]:
+        """Full status: each model's state, port, pid and exact argv; queue and lease counts."""
+        return {
+            "models": sched.status(),
+            "leases": len(sched.leases),
+            "queued": len(sched.queue),
+            "config_dir": str(sched.config.config_dir),
+            "pid": sup.pid,
+            **sup.extra_status(),
+        }
+
+    async def load(params: dict[str, Any], conn: Connection) -> dict[str, Any]:
+        """Load MODEL now (as a request would) and return its status."""
+        name = params_str(params, "model")
+        assert name is not None
+        lease, rt = await sched.acquire(name, conn.id)
+        sched.release(lease.id)
+        return rt.status()
+
+    async def unload(params: dict[str, Any], conn: Connection) -> list[str]:
+        """Unload {model} or {all: true} once in-flight requests finish; returns who was stopped."""
+        if params.get("all"):
+            names = [rt.name for rt in sched.runtimes.values()]
+        else:
+            name = params_str(params, "model")
+            assert name is not None
+            names = [sched.resolve(name).name]
+        return [n for n in names if await sched.unload(n)]
+
+    async def logs(params: dict[str, Any], conn: Connection) -> list[str]:
+        """The last {lines} log lines of {model}'s llama-server."""
+        name = params_str(params, "model")
+        assert name is not None
+        rt = sched.runtimes[sched.resolve(name).name]
+        n = int(params.get("lines", 50))
+        return rt.child.tail(n) if rt.child else rt.last_error_tail[-n:]
+
+    for method, fn in {
+        "models.acquire": acquire,
+        "models.release": release,
+        "models.list": list_models,
+        "models.status": status,
+        "models.load": load,
+        "models.unload": unload,
+        "models.logs": logs,
+    }.items():
+        server.register(method, fn)

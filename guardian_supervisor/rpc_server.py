@@ -1,0 +1,158 @@
+"""The supervisor's JSON-RPC 2.0 server on a Unix socket (mode 0660).
+
+Handlers are registered explicitly by name; a handler's docstring is its documentation.
+Each connection is a `Connection`; when it closes, `on_close` runs (the scheduler drops
+the connection's leases there).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from shared.errors import Code, GuardianError
+from shared.rpc import LINE_LIMIT, encode
+
+log = structlog.get_logger("rpc")
+
+
+@dataclass
+class Connection:
+    id: int
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    by_request: dict[Any, asyncio.Task[None]] = field(default_factory=dict)
+
+
+Handler = Callable[[dict[str, Any], Connection], Awaitable[Any]]
+
+
+class RpcServer:
+    def __init__(self, socket_path: Path, on_close: Callable[[Connection], None]) -> None:
+        self.socket_path = Path(socket_path)
+        self.handlers: dict[str, Handler] = {}
+        self.on_close = on_close
+        self._server: asyncio.base_events.Server | None = None
+        self._ids = itertools.count(1)
+        self._conns: dict[int, asyncio.StreamWriter] = {}
+
+    def register(self, name: str, handler: Handler) -> None:
+        if name in self.handlers:
+            raise ValueError(f"RPC method {name} registered twice")
+        self.handlers[name] = handler
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self._prepare_socket_path)
+        self._server = await asyncio.start_unix_server(
+            self._serve, path=str(self.socket_path), limit=LINE_LIMIT
+        )
+        os.chmod(self.socket_path, 0o660)
+
+    def _prepare_socket_path(self) -> None:
+        self.socket_path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.socket_path.exists():
+            return
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            try:
+                s.connect(str(self.socket_path))
+            except OSError:
+                self.socket_path.unlink()  # stale socket from a supervisor that died
+                return
+        raise GuardianError(
+            Code.CONFLICT, f"another guardian-supervisor is already listening on {self.socket_path}"
+        )
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            for writer in list(self._conns.values()):
+                writer.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 2)
+        with contextlib.suppress(FileNotFoundError):
+            self.socket_path.unlink()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = Connection(next(self._ids))
+        self._conns[conn.id] = writer
+        try:
+            while line := await reader.readline():
+                task = asyncio.create_task(self._handle_line(line, conn, writer))
+                conn.tasks.add(task)
+                task.add_done_callback(conn.tasks.discard)
+                await asyncio.sleep(0)  # let the handler register its request id for $/cancel
+        except (OSError, ValueError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self._conns.pop(conn.id, None)
+            for task in list(conn.tasks):
+                task.cancel()
+            self.on_close(conn)
+            writer.close()
+
+    async def _handle_line(self, line: bytes, conn: Connection, writer: asyncio.StreamWriter) -> None:
+        req_id: Any = None
+        try:
+            try:
+                msg = json.loads(line)
+            except ValueError as e:
+                raise GuardianError(Code.PARSE_ERROR, f"request is not valid JSON: {e}") from e
+            if not isinstance(msg, dict) or not isinstance(msg.get("method"), str):
+                raise GuardianError(Code.INVALID_REQUEST, "a request is an object with a 'method' string")
+            req_id = msg.get("id")
+            params = msg.get("params") or {}
+            if not isinstance(params, dict):
+                raise GuardianError(Code.INVALID_PARAMS, "params must be an object")
+            if msg["method"] == "$/cancel":  # the client gave up on request params.id
+                target = conn.by_request.get(params.get("id"))
+                if target is not None:
+                    target.cancel()
+                return
+            if req_id is not None:
+                task = asyncio.current_task()
+                assert task is not None
+                conn.by_request[req_id] = task
+            handler = self.handlers.get(msg["method"])
+            if handler is None:
+                raise GuardianError(Code.METHOD_NOT_FOUND, f"no RPC method {msg['method']!r}")
+            result = await handler(params, conn)
+            reply: dict[str, Any] = {"jsonrpc": "2.0", "id": req_id, "result": result}
+        except GuardianError as e:
+            reply = {"jsonrpc": "2.0", "id": req_id, "error": e.to_rpc()}
+        except asyncio.CancelledError:
+            # Cancelled by $/cancel (answer, so the client can forget the id) or by a closed
+            # connection (nobody to answer).
+            reply = {
+                "jsonrpc": "2.0",
+                "id": req_id,
+                "error": GuardianError(Code.INTERNAL, "request cancelled").to_rpc(),
+            }
+        except Exception as e:  # a bug: log the traceback here, never send it
+            log.exception("rpc_handler_failed", error=str(e))
+            reply = {
+                "jsonrpc": "2.0",
+                "id": req_id,
+                "error": GuardianError(Code.INTERNAL, "internal error; see the supervisor log").to_rpc(),
+            }
+        conn.by_request.pop(req_id, None)
+        if req_id is not None and not writer.is_closing():
+            writer.write(encode(reply))
+
+
+def params_str(params: dict[str, Any], key: str, *, required: bool = True) -> str | None:
+    """Read a string parameter or raise INVALID_PARAMS naming it."""
+    value = params.get(key)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value:
+        raise GuardianError(Code.INVALID_PARAMS, f"parameter '{key}' must be a non-empty string")
+    return value
