@@ -120,6 +120,32 @@ class LoggingSettings:
 
 
 @dataclass(frozen=True)
+class SimulatedGpu:
+    name: str
+    total_mb: int
+    used_mb: int = 0  # held by processes that are not Guardian's (the brief's Frigate)
+
+
+@dataclass(frozen=True)
+class GpuSettings:
+    mode: Literal["auto", "nvml", "simulated", "none"] = "auto"
+    simulated: tuple[SimulatedGpu, ...] = ()
+    reserve_mb: int = 256  # kept free on every GPU for the driver and other processes
+    overhead_mb: int = 0  # fixed per-device overhead added to estimates (CUDA context etc.)
+    release_timeout_s: float = 5.0  # after a stop, wait at most this long for memory to come back
+
+    def validate(self) -> Problem:
+        if self.mode == "simulated" and not self.simulated:
+            return "simulated", "mode is simulated but no GPUs are listed under simulated"
+        return None
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    required: bool | None = None  # None: required as soon as any API key exists
+
+
+@dataclass(frozen=True)
 class Settings:
     proxy: ProxySettings = field(default_factory=ProxySettings)
     supervisor: SupervisorSettings = field(default_factory=SupervisorSettings)
@@ -134,10 +160,15 @@ class Settings:
     services_to_stop: tuple[str, ...] = ()
     timeouts: Timeouts = field(default_factory=Timeouts)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
+    gpus: GpuSettings = field(default_factory=GpuSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    max_loaded_models: int = 1  # several models resident at once when they fit in memory
 
     def validate(self) -> Problem:
         if self.default_backend not in self.backends:
             return "default_backend", f"no backend named {self.default_backend!r} under backends"
+        if self.max_loaded_models < 1:
+            return "max_loaded_models", "must be at least 1"
         return None
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import random
@@ -13,8 +14,6 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
-
-import io
 
 import psutil
 from ruamel.yaml import YAML
@@ -102,7 +101,7 @@ class Guardian:
 
     def start(self, which: str = "guardian", wait: bool = True) -> subprocess.Popen[bytes]:
         """Start `guardian` (both daemons), `guardian-supervisor` or `guardian-proxy`."""
-        log = open(self.root / f"{which}.log", "ab")  # noqa: SIM115 - kept open for the process
+        log = open(self.root / f"{which}.log", "ab")
         proc = subprocess.Popen(
             [str(VENV_BIN / which), "--config-dir", str(self.config_dir)],
             stdout=log,
