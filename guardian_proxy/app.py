@@ -7,7 +7,8 @@ import contextlib
 import structlog
 from aiohttp import web
 
-from guardian_proxy import openai_routes
+from guardian_proxy import dashboard, openai_routes
+from guardian_proxy.auth import make_auth_middleware
 from guardian_proxy.context import CTX_KEY, ProxyContext
 from guardian_proxy.supervisor_link import SupervisorLink
 from shared.config import Config
@@ -22,7 +23,9 @@ async def root(request: web.Request) -> web.Response:
 
 def create_app(pc: ProxyContext) -> web.Application:
     max_body = int(pc.config.settings.proxy.max_body_mb * 2**20)
-    app = web.Application(client_max_size=max_body)
+    app = web.Application(
+        client_max_size=max_body, middlewares=[make_auth_middleware(pc.keys, pc.auth_required)]
+    )
     app[CTX_KEY] = pc
     app.router.add_get("/", root)  # GET also answers HEAD
     openai_routes.add_routes(app, pc)
@@ -44,7 +47,13 @@ class ProxyServer:
         await runner.setup()
         await web.TCPSite(runner, p.host, p.port, backlog=1024).start()
         self._runners.append(runner)
-        log.info("proxy_listening", url=f"http://{p.host}:{p.port}")
+        ui = web.AppRunner(dashboard.create_app(self.ctx), access_log=None)
+        await ui.setup()
+        await web.TCPSite(ui, p.ui_host, p.ui_port).start()
+        self._runners.append(ui)
+        log.info(
+            "proxy_listening", url=f"http://{p.host}:{p.port}", dashboard=f"http://{p.ui_host}:{p.ui_port}"
+        )
 
     async def stop(self) -> None:
         for runner in self._runners:

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
 
 import aiohttp
 from aiohttp import web
 
+from guardian_proxy.auth import check_model_scope, keys_path
+from guardian_proxy.keystore import KeyStore
 from guardian_proxy.supervisor_link import SupervisorLink
 from shared.config import Config
-
-Api = Literal["openai", "ollama"]
 
 
 @dataclass
@@ -19,6 +18,15 @@ class ProxyContext:
     config: Config
     link: SupervisorLink
     session: aiohttp.ClientSession = field(init=False)
+    keys: KeyStore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.keys = KeyStore(keys_path(self.config.data_dir))
+
+    def auth_required(self) -> bool:
+        """settings auth.required; unset means required as soon as any key exists."""
+        configured = self.config.settings.auth.required
+        return configured if configured is not None else self.keys.any_keys()
 
     async def start(self) -> None:
         # One pooled session for all upstream calls; keep-alive below cpp-httplib's 5 s.
@@ -26,12 +34,13 @@ class ProxyContext:
         self.session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
 
     async def close(self) -> None:
+        await self.keys.flush_async(force=True)
         await self.session.close()
         await self.link.close()
 
-    def check_scope(self, request: web.Request, model: str, api: Api) -> web.Response | None:
-        """A response refusing the request when the caller's key may not use `model`."""
-        return None
+    def check_scope(self, request: web.Request, model: str) -> None:
+        """Raise 403 in the API's shape when the caller's key may not use `model`."""
+        check_model_scope(request, model)
 
 
 CTX_KEY = web.AppKey("guardian_ctx", ProxyContext)

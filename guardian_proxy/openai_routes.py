@@ -7,6 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
+from guardian_proxy.auth import allowed_models
 from guardian_proxy.context import ProxyContext, ctx_of
 from guardian_proxy.errors_http import openai_error, openai_from
 from guardian_proxy.relay import UpstreamError, leased, pipe, upstream
@@ -36,8 +37,7 @@ def make_relay(path: str) -> Any:
             return parsed
         body, payload = parsed
         pc = ctx_of(request)
-        if (denied := pc.check_scope(request, payload["model"], "openai")) is not None:
-            return denied
+        pc.check_scope(request, payload["model"])
         try:
             async with (
                 leased(pc.link, payload["model"]) as lease,
@@ -59,7 +59,8 @@ async def list_models(request: web.Request) -> web.Response:
         models = await pc.link.models()
     except GuardianError as e:
         return openai_from(e)
-    data = [_model_obj(m) for m in models]
+    allowed = set(allowed_models(request, [m["name"] for m in models]))
+    data = [_model_obj(m) for m in models if m["name"] in allowed]
     return web.json_response({"object": "list", "data": data})
 
 
@@ -71,7 +72,7 @@ async def get_model(request: web.Request) -> web.Response:
     except GuardianError as e:
         return openai_from(e)
     for m in models:
-        if name in (m["name"], m["canonical"], *m["aliases"]):
+        if name in (m["name"], m["canonical"], *m["aliases"]) and allowed_models(request, [m["name"]]):
             return web.json_response(_model_obj(m))
     return openai_error(404, f"The model '{name}' does not exist", "model_not_found", "model")
 

@@ -14,6 +14,7 @@ import click
 import structlog
 
 from guardian_supervisor.methods import config as config_methods
+from guardian_supervisor.methods import keys as key_methods
 from guardian_supervisor.methods import models as model_methods
 from guardian_supervisor.rpc_server import Connection, RpcServer
 from guardian_supervisor.scheduler import Planner, Scheduler
@@ -45,6 +46,7 @@ class Supervisor:
         self.rpc = RpcServer(config.socket_path, self._on_close)
         config_methods.register(self.rpc, self)
         model_methods.register(self.rpc, self)
+        key_methods.register(self.rpc, self)
 
     def _on_close(self, conn: Connection) -> None:
         self.scheduler.release_connection(conn.id)
