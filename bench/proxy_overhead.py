@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -29,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 from guardian_supervisor.demo_models import DEMO_MODELS, write_tiny_llama  # noqa: E402
 from tests.harness import Guardian, free_port  # noqa: E402
 
-CHAT = {"messages": [{"role": "user", "content": "hello there"}], "max_tokens": 1, "temperature": 0}
+CHAT: dict[str, Any] = {"messages": [{"role": "user", "content": "hello there"}], "max_tokens": 1, "temperature": 0}
 
 
 def pct(xs: list[float], p: float) -> float:
@@ -72,7 +73,7 @@ async def stream_rate(s: aiohttp.ClientSession, url: str, body: dict, ndjson: bo
 async def health_ready_time(argv: list[str], port: int) -> float:
     """llama-server's own start-to-ready time: spawn the same argv, poll /health every 2 ms."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = await asyncio.create_subprocess_exec(*argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         async with aiohttp.ClientSession() as s:
             while True:
@@ -85,7 +86,7 @@ async def health_ready_time(argv: list[str], port: int) -> float:
                 await asyncio.sleep(0.002)
     finally:
         proc.terminate()
-        proc.wait()
+        await proc.wait()
 
 
 def with_port(argv: list[str], port: int) -> list[str]:
@@ -109,7 +110,7 @@ async def main_async(g: Guardian, n: int, gen_tokens: int, swaps: int) -> dict[s
             g_lat.append(await timed_post(s, gv1, {**CHAT, "model": "demo-a"}))
 
         body = {**CHAT, "model": "demo-a", "max_tokens": gen_tokens, "stream": True, "ignore_eos": True}
-        ollama = {"model": "demo-a", "messages": CHAT["messages"], "stream": True, "options": {"num_predict": gen_tokens, "temperature": 0}}
+        ollama: dict[str, Any] = {"model": "demo-a", "messages": CHAT["messages"], "stream": True, "ignore_eos": True, "options": {"num_predict": gen_tokens, "temperature": 0}}
         d_rate, g_rate, o_rate = [], [], []
         has_ollama = True
         for _ in range(15):
@@ -117,7 +118,7 @@ async def main_async(g: Guardian, n: int, gen_tokens: int, swaps: int) -> dict[s
             g_rate.append((await stream_rate(s, gv1, body))[0])
             if has_ollama:
                 try:
-                    o_rate.append((await stream_rate(s, g.url + "/api/chat", {**ollama, "options": {**ollama["options"]}, "ignore_eos": True}, ndjson=True))[0])
+                    o_rate.append((await stream_rate(s, g.url + "/api/chat", ollama, ndjson=True))[0])
                 except (AssertionError, ValueError, aiohttp.ClientError):
                     has_ollama = False
 
