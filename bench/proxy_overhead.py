@@ -172,7 +172,7 @@ def main() -> None:
         for name, spec in DEMO_MODELS.items():
             write_tiny_llama(root / f"{name}.gguf", spec)
             models[name] = {"path": str(root / f"{name}.gguf"), "context": 2048, **({"threads": args.threads} if args.threads else {})}
-        g = Guardian(root / "g", models, {"logging": {"level": "warning"}})
+        g = Guardian(root / "g", models, {"logging": {"level": "warning"}, "max_loaded_models": 1})
         g.start()
         try:
             figures = asyncio.run(main_async(g, args.requests, args.gen_tokens, args.swaps))

@@ -153,6 +153,7 @@ def build_argv(
     argv += ["--jinja", "--metrics"]  # ik: jinja is off by default and tool calls need it
     if not ik:
         argv += ["-fit", "off"]  # upstream would shrink ctx/ngl on its own; Guardian owns the budget
+        argv += ["-lv", "4"]  # upstream prints its buffer sizes (the measured memory) only at -lv 4
     if model.embeddings:
         argv += ["--embeddings"]
     if model.mmproj is not None:

@@ -10,7 +10,7 @@ import asyncio
 import click
 
 from guardian_proxy.app import ProxyServer
-from guardian_supervisor.daemon import Supervisor, load_or_exit, serve_until_signalled
+from guardian_supervisor.daemon import Supervisor, load_or_exit, serve_until_signalled, source_or_exit
 from shared.errors import GuardianError
 from shared.logs import setup_logging
 
@@ -27,7 +27,7 @@ def main(config_dir: str | None, log_level: str | None) -> None:
     """Run the supervisor and the proxy together in the foreground; Ctrl-C stops everything."""
     config = load_or_exit(config_dir)
     setup_logging(log_level or config.settings.logging.level, config.settings.logging.format)
-    sup = Supervisor(config)
+    sup = Supervisor(config, source_or_exit(config))
     try:
         asyncio.run(serve_until_signalled(sup, ProxyServer(config)))
     except GuardianError as e:

@@ -82,6 +82,17 @@ def _print_status(st: dict[str, Any]) -> None:
         if m["last_error"]:
             click.echo(f"    error: {m['last_error']}")
     click.echo(f"leases: {st['leases']}  queued: {st['queued']}  supervisor pid: {st['pid']}")
+    vram = st.get("vram")
+    if vram:
+        for g in vram["gpus"]:
+            held = ", ".join(f"{n} {mb} MiB" for n, mb in g["models"].items()) or "no models"
+            click.echo(
+                f"GPU {g['index']} {g['name']}: {g['free_mib']}/{g['total_mib']} MiB free, others {g['other_mib']} MiB; {held}"
+            )
+        if not vram["gpus"]:
+            click.echo(
+                f"{vram['mode']} mode: {vram['cpu']['available_mib']}/{vram['cpu']['total_mib']} MiB RAM available"
+            )
 
 
 @main.command()
@@ -150,6 +161,43 @@ def logs(ctl: Ctl, model: str, lines: int, as_json: bool) -> None:
         ctl.call("models.logs", {"model": model, "lines": lines}),
         lambda ls: click.echo("\n".join(ls)),
     )
+
+
+@main.command()
+@click.argument("model")
+@click.option(
+    "--ctx", type=int, default=None, help="Context per conversation (default: the model's context)."
+)
+@json_option
+@click.pass_obj
+def estimate(ctl: Ctl, model: str, ctx: int | None, as_json: bool) -> None:
+    """Memory MODEL needs at a context, from its GGUF file; measured figures beside it."""
+    r = ctl.call("models.estimate", {"model": model, **({"ctx": ctx} if ctx else {})})
+
+    def human(r: dict[str, Any]) -> None:
+        e, m = r["estimate"], r["measured"] or {}
+        click.echo(f"{r['model']}: context {r['ctx']} x {r['parallel']} slot(s), KV cache {r['kv_type']}")
+        click.echo(f"{'':<10} {'estimate MiB':>13} {'measured MiB':>13}")
+        rows = [
+            ("weights", "weights_mib", "model_bytes"),
+            ("KV cache", "kv_mib", "kv_bytes"),
+            ("compute", "compute_mib", "compute_bytes"),
+            ("output", "output_mib", "output_bytes"),
+            ("overhead", "overhead_mib", None),
+            ("total", "total_mib", "total_bytes"),
+        ]
+        for label, key, mkey in rows:
+            meas = m.get(mkey) if mkey else None
+            click.echo(f"{label:<10} {e[key]:>13.2f} {meas if meas is not None else '-':>13}")
+        layers = e["layer_weight_mib"]
+        if layers:
+            click.echo(
+                f"per layer: {len(layers)} layers, {layers[0]:.2f} MiB weights + {e['kv_per_layer_mib'][0]:.2f} MiB KV each"
+            )
+        if r["planned_total_mib"] != e["total_mib"]:
+            click.echo(f"placement uses the measured figures: {r['planned_total_mib']:.2f} MiB")
+
+    emit(as_json, r, human)
 
 
 @main.group()

@@ -13,11 +13,13 @@ from typing import Any
 import click
 import structlog
 
+from guardian_supervisor.gpus import GpuSource, make_source
 from guardian_supervisor.methods import config as config_methods
 from guardian_supervisor.methods import keys as key_methods
 from guardian_supervisor.methods import models as model_methods
 from guardian_supervisor.rpc_server import Connection, RpcServer
-from guardian_supervisor.scheduler import Planner, Scheduler
+from guardian_supervisor.scheduler import Scheduler
+from guardian_supervisor.vram import VramPlanner, own_pids_of
 from shared.config import Config, default_config_dir, load_config
 from shared.errors import Code, GuardianError
 from shared.logs import setup_logging
@@ -38,11 +40,18 @@ def sd_notify(state: str) -> None:
         s.sendall(state.encode())
 
 
+def gpu_source(config: Config) -> GpuSource:
+    g = config.settings.gpus
+    specs = [{"name": x.name, "total_mb": x.total_mb, "used_mb": x.used_mb} for x in g.simulated]
+    return make_source(g.mode, specs)
+
+
 class Supervisor:
-    def __init__(self, config: Config, planner: Planner | None = None) -> None:
+    def __init__(self, config: Config, source: GpuSource) -> None:
         self.config = config
         self.pid = os.getpid()
-        self.scheduler = Scheduler(config, planner)
+        self.planner = VramPlanner(lambda: self.config, source, lambda: own_pids_of(self.scheduler.runtimes))
+        self.scheduler = Scheduler(config, self.planner)
         self.rpc = RpcServer(config.socket_path, self._on_close)
         config_methods.register(self.rpc, self)
         model_methods.register(self.rpc, self)
@@ -51,8 +60,8 @@ class Supervisor:
     def _on_close(self, conn: Connection) -> None:
         self.scheduler.release_connection(conn.id)
 
-    def extra_status(self) -> dict[str, Any]:
-        return {}
+    async def extra_status(self, models: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"vram": await self.planner.describe(models)}
 
     async def start(self) -> None:
         await asyncio.to_thread(self._prepare_dirs)
@@ -80,6 +89,8 @@ class Supervisor:
                 f"{e}; the running configuration was kept",
                 {"file": e.file, "line": e.line, "key": e.key},
             ) from e
+        if config.settings.gpus != self.config.settings.gpus:
+            self.planner.source = await asyncio.to_thread(gpu_source, config)
         self.config = config
         changed = self.scheduler.apply_config(config)
         log.info("config_reloaded", changed=changed)
@@ -110,6 +121,13 @@ async def serve_until_signalled(*runners: Any) -> None:
             await r.stop()
 
 
+def source_or_exit(config: Config) -> GpuSource:
+    try:
+        return gpu_source(config)
+    except GuardianError as e:
+        raise click.ClickException(f"GPU inventory: {e.message}") from e
+
+
 def load_or_exit(config_dir: str | None) -> Config:
     path = default_config_dir() if config_dir is None else os.path.abspath(config_dir)
     try:
@@ -132,7 +150,7 @@ def main(config_dir: str | None, log_level: str | None) -> None:
     """Run the Guardian supervisor in the foreground."""
     config = load_or_exit(config_dir)
     setup_logging(log_level or config.settings.logging.level, config.settings.logging.format)
-    sup = Supervisor(config)
+    sup = Supervisor(config, source_or_exit(config))
     try:
         asyncio.run(serve_until_signalled(sup))
     except GuardianError as e:

@@ -124,9 +124,7 @@ def write_tiny_llama(path: Path, spec: TinySpec) -> Path:
     try:
         w = gguf.GGUFWriter(tmp, "llama")
         w.add_name(spec.name)
-        w.add_file_type(
-            gguf.LlamaFileType.ALL_F32 if spec.dtype == "f32" else gguf.LlamaFileType.MOSTLY_F16
-        )
+        w.add_file_type(gguf.LlamaFileType.ALL_F32 if spec.dtype == "f32" else gguf.LlamaFileType.MOSTLY_F16)
         w.add_block_count(spec.n_layer)
         w.add_context_length(spec.n_ctx_train)
         w.add_embedding_length(spec.n_embd)
@@ -168,6 +166,7 @@ def write_tiny_llama(path: Path, spec: TinySpec) -> Path:
         w.close()
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; models are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -37,6 +37,27 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+class _RotatingLog:
+    """Append-only log that moves itself to `.log.1` past LOG_ROTATE_BYTES (one thread only)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._f = open(path, "ab", buffering=0)
+        self._size = self._f.tell()
+
+    def write(self, data: bytes) -> None:
+        if self._size + len(data) > LOG_ROTATE_BYTES:
+            self._f.close()
+            os.replace(self.path, self.path.with_suffix(".log.1"))
+            self._f = open(self.path, "ab", buffering=0)
+            self._size = 0
+        self._f.write(data)
+        self._size += len(data)
+
+    def close(self) -> None:
+        self._f.close()
+
+
 class LoadError(Exception):
     """The server exited or never became ready; `timed_out` tells which."""
 
@@ -76,9 +97,7 @@ class Child:
 
     def _spawn(self, env: dict[str, str] | None) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        if self.log_path.exists() and self.log_path.stat().st_size > LOG_ROTATE_BYTES:
-            os.replace(self.log_path, self.log_path.with_suffix(".log.1"))
-        log = open(self.log_path, "ab", buffering=0)
+        log = _RotatingLog(self.log_path)
         log.write(f"=== {time.strftime('%Y-%m-%dT%H:%M:%S')} start: {' '.join(self.argv)}\n".encode())
         try:
             self.proc = subprocess.Popen(
@@ -98,16 +117,17 @@ class Child:
             target=self._read, args=(self.proc, log), name=f"log-{self.name}", daemon=True
         ).start()
 
-    def _read(self, proc: subprocess.Popen[bytes], log: object) -> None:
+    def _read(self, proc: subprocess.Popen[bytes], log: _RotatingLog) -> None:
         assert proc.stdout is not None
-        with proc.stdout, log:  # type: ignore[attr-defined]
+        with proc.stdout:
             for raw in proc.stdout:
-                log.write(raw)  # type: ignore[attr-defined]
+                log.write(raw)
                 self.lines.append(raw.decode("utf-8", "replace").rstrip())
                 if LISTENING_RE.search(raw):
                     self._notify(self.wake.set)
             rc = proc.wait()
-            log.write(f"=== exited with status {rc}\n".encode())  # type: ignore[attr-defined]
+            log.write(f"=== exited with status {rc}\n".encode())
+            log.close()
         self._notify(lambda: self._exited(rc))
 
     def _notify(self, fn: Callable[[], None]) -> None:

@@ -207,13 +207,17 @@ def _pool(inv: Inventory, others: Sequence[Resident], evict: Sequence[Resident],
         # Trust the smaller: a model still loading has not allocated yet (reported free too
         # high); the driver's own reservations are in no process (accounting too high).
         free_now = max(0, min(g.free_bytes, g.total_bytes - g.other_bytes - ours))
-        caps[g.index] = max(0, free_now + freed - limits.reserve_per_gpu_bytes)
+        # Evicting can never give back more than the card has beside what stays resident.
+        ceiling = g.total_bytes - g.other_bytes - (ours - freed)
+        caps[g.index] = max(0, min(free_now + freed, ceiling) - limits.reserve_per_gpu_bytes)
     budget = None
     if limits.vram_limit_bytes is not None:
         budget = max(0, limits.vram_limit_bytes - sum(r.gpu_bytes for r in kept))
     ram_ours = sum(r.cpu_bytes for r in others)
     ram_now = max(0, min(inv.cpu_available_bytes, inv.cpu_total_bytes - ram_ours))
-    return _Pool(caps, budget, ram_now + sum(r.cpu_bytes for r in evict))
+    ram_kept = sum(r.cpu_bytes for r in kept)
+    ram = min(ram_now + sum(r.cpu_bytes for r in evict), max(0, inv.cpu_total_bytes - ram_kept))
+    return _Pool(caps, budget, ram)
 
 
 def _gpu_sizes(req: PlaceRequest, ngl: int) -> list[int]:

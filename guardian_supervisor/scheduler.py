@@ -41,6 +41,7 @@ class Go:
     evict: tuple[str, ...] = ()
     placement: Placement = field(default_factory=Placement)
     info: dict[str, Any] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)  # e.g. CUDA_VISIBLE_DEVICES for the plan's GPUs
 
 
 @dataclass(frozen=True)
@@ -69,21 +70,6 @@ class Planner(Protocol):
     def after_ready(self, rt: ModelRuntime, ctx: int) -> None: ...
 
 
-class OneAtATime:
-    """One resident model: everything else leaves first (it must be idle)."""
-
-    async def plan(self, target: ModelRuntime, ctx: int, residents: list[ModelRuntime]) -> PlanResult:
-        others = [r for r in residents if r is not target]
-        busy = tuple(r.name for r in others if r.inflight > 0)
-        return Wait(busy) if busy else Go(evict=tuple(r.name for r in others))
-
-    async def after_stop(self, stopped: ModelRuntime) -> None:
-        return None
-
-    def after_ready(self, rt: ModelRuntime, ctx: int) -> None:
-        return None
-
-
 @dataclass
 class Waiter:
     model: str
@@ -102,9 +88,9 @@ def resolve_binary(binary: str) -> str | None:
 
 
 class Scheduler:
-    def __init__(self, config: Config, planner: Planner | None = None) -> None:
+    def __init__(self, config: Config, planner: Planner) -> None:
         self.config = config
-        self.planner: Planner = planner or OneAtATime()
+        self.planner = planner
         self.runtimes: dict[str, ModelRuntime] = {name: ModelRuntime(m) for name, m in config.models.items()}
         self.leases: dict[str, Lease] = {}
         self.queue: deque[Waiter] = deque()
@@ -387,6 +373,7 @@ class Scheduler:
                 f"install it or set backends.{backend_name}.binary in settings.yaml"
             )
         if problem is not None:
+            await self.planner.after_stop(rt)
             rt.last_error = problem
             self._fail_waiters(
                 rt.name,
@@ -417,7 +404,8 @@ class Scheduler:
         t0 = time.monotonic()
         try:
             await asyncio.to_thread(slot_dir.mkdir, parents=True, exist_ok=True)
-            await child.start(self.child_env)
+            env = {**os.environ, **(self.child_env or {}), **plan.env} if plan.env else self.child_env
+            await child.start(env)
             await wait_ready(
                 child,
                 f"http://127.0.0.1:{rt.port}",
@@ -435,6 +423,7 @@ class Scheduler:
             if rt.state is State.STARTING:
                 rt.set_state(State.FAILED, str(e))
             rt.port = None
+            await self.planner.after_stop(rt)
             code = Code.LOAD_TIMEOUT if timed_out else Code.LOAD_FAILED
             self._fail_waiters(rt.name, GuardianError(code, msg, {"model": cfg.name, "log_tail": tail[-10:]}))
             return
@@ -471,9 +460,9 @@ class Scheduler:
             rt.set_state(State.FAILED, rt.last_error)
             rt.cancel_idle_timer()
             rt.port = None
+            self._background(self.planner.after_stop(rt))
             self._notify(rt)
             self._parked = False
-            self._kick()
 
     def _notify(self, rt: ModelRuntime) -> None:
         for cb in self.on_change:

@@ -131,7 +131,7 @@ class GpuSettings:
     mode: Literal["auto", "nvml", "simulated", "none"] = "auto"
     simulated: tuple[SimulatedGpu, ...] = ()
     reserve_mb: int = 256  # kept free on every GPU for the driver and other processes
-    overhead_mb: int = 0  # fixed per-device overhead added to estimates (CUDA context etc.)
+    overhead_mb: int | None = None  # per-GPU overhead (CUDA context); unset: estimate default
     release_timeout_s: float = 5.0  # after a stop, wait at most this long for memory to come back
 
     def validate(self) -> Problem:
@@ -162,7 +162,7 @@ class Settings:
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     gpus: GpuSettings = field(default_factory=GpuSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
-    max_loaded_models: int = 1  # several models resident at once when they fit in memory
+    max_loaded_models: int = 3  # several models resident at once when they fit in memory
 
     def validate(self) -> Problem:
         if self.default_backend not in self.backends:

@@ -78,13 +78,38 @@ def register(server: RpcServer, sup: Supervisor) -> None:
 
     async def status(params: dict[str, Any], conn: Connection) -> dict[str, Any]:
         """Full status: each model's state, port, pid and exact argv; queue and lease counts."""
+        models = sched.status()
         return {
-            "models": sched.status(),
+            "models": models,
             "leases": len(sched.leases),
             "queued": len(sched.queue),
             "config_dir": str(sched.config.config_dir),
             "pid": sup.pid,
-            **sup.extra_status(),
+            **(await sup.extra_status(models)),
+        }
+
+    async def estimate(params: dict[str, Any], conn: Connection) -> dict[str, Any]:
+        """Memory breakdown for {model, ctx?} from the GGUF file, and measured figures if any."""
+        name = params_str(params, "model")
+        assert name is not None
+        cfg = sched.resolve(name)
+        ctx = params.get("ctx") or cfg.context
+        if not isinstance(ctx, int) or isinstance(ctx, bool) or ctx < 1:
+            raise GuardianError(Code.INVALID_PARAMS, "parameter 'ctx' must be a positive integer")
+        try:
+            est, planned, measured = await sup.planner.estimate(cfg, ctx)
+        except (OSError, ValueError) as e:
+            raise GuardianError(Code.INVALID_PARAMS, f"cannot estimate '{cfg.name}': {e}") from e
+        return {
+            "model": cfg.name,
+            "ctx": ctx,
+            "kv_type": cfg.kv_type,
+            "parallel": cfg.parallel,
+            "estimate": est.to_dict(),
+            "planned_total_mib": planned.to_dict()["total_mib"],
+            "measured": None
+            if measured is None
+            else {k: (round(v / 2**20, 2) if k.endswith("_bytes") else v) for k, v in measured.items()},
         }
 
     async def load(params: dict[str, Any], conn: Connection) -> dict[str, Any]:
@@ -121,5 +146,6 @@ def register(server: RpcServer, sup: Supervisor) -> None:
         "models.load": load,
         "models.unload": unload,
         "models.logs": logs,
+        "models.estimate": estimate,
     }.items():
         server.register(method, fn)

@@ -30,8 +30,11 @@ def stream_chat(url: str, model: str, max_tokens: int = 4) -> tuple[str, list[st
     return names.pop(), pieces
 
 
+ONE = {"max_loaded_models": 1}  # the brief's one-model-at-a-time switching
+
+
 def test_a_then_b_then_a(guardian_factory):
-    g = guardian_factory()
+    g = guardian_factory(settings=ONE)
     seen = []
     for model in ("demo-a", "demo-b", "demo-a"):
         name, pieces = stream_chat(g.url, model)
@@ -53,7 +56,7 @@ def test_a_then_b_then_a(guardian_factory):
 
 
 def test_hundred_requests_two_models_eight_clients(guardian_factory):
-    g = guardian_factory()
+    g = guardian_factory(settings=ONE)
     models = ["demo-a", "demo-b"]
     resident_max = 0
     stop = threading.Event()

@@ -79,7 +79,7 @@ def test_crash_mid_stream_gives_clean_error_and_restarts(fake_guardian):
 
 def test_server_ignoring_sigterm_is_killed_after_grace(fake_guardian):
     make, _cfg, _rec = fake_guardian
-    g = make(settings={"supervisor": {"stop_grace_s": 1}}, per_model={"fa": {"ignore_sigterm": True}})
+    g = make(settings={"supervisor": {"stop_grace_s": 1}, "max_loaded_models": 1}, per_model={"fa": {"ignore_sigterm": True}})
     assert chat(g.url, "fa").status_code == 200
     pid = g.model("fa")["pid"]
     t0 = time.monotonic()

@@ -366,6 +366,8 @@ def scenarios(draw: st.DrawFn) -> Scenario:
         gpu(i, draw(st.sampled_from([4, 8, 12, 16, 24])), draw(st.sampled_from([0, 0, 0.5, 1.5, 3])))
         for i in range(n_gpu)
     ]
+    # Drawn first: residents' RAM must fit in what is free, as on a real machine.
+    ram_free_gb = draw(st.sampled_from([4, 16, 48]))
     residents: list[Resident] = []
     for k in range(draw(st.integers(0, 4))):
         per_gpu = {i: draw(st.integers(0, 6 * G)) for i in range(n_gpu) if draw(st.booleans())}
@@ -376,10 +378,9 @@ def scenarios(draw: st.DrawFn) -> Scenario:
                 inflight=draw(st.sampled_from([0, 0, 1])),
                 pinned=draw(st.booleans()) and draw(st.booleans()),
                 last_used=draw(st.floats(0, 100)),
-                cpu_bytes=0 if n_gpu else draw(st.integers(0, 8 * G)),
+                cpu_bytes=0 if n_gpu else draw(st.integers(0, ram_free_gb * G // 4)),
             )
         )
-    ram_free_gb = draw(st.sampled_from([4, 16, 48]))
 
     def snapshot(present: Sequence[Resident]) -> Inventory:
         return rig(*specs, residents=present, ram_gb=64, ram_free_gb=ram_free_gb)
