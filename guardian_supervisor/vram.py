@@ -18,7 +18,7 @@ from typing import Any
 import structlog
 
 from guardian_supervisor import placement as pl
-from guardian_supervisor.argv import QUANTIZED_KV, Placement
+from guardian_supervisor.argv import Placement
 from guardian_supervisor.estimate import Estimate, Measured, estimate, is_host_buffer, parse_buffer_lines
 from guardian_supervisor.gguf_info import GGUFError, ModelInfo, read_model_info
 from guardian_supervisor.gpus import GpuSource, Inventory, recovery_target, wait_for_release
@@ -56,7 +56,7 @@ def measured_key(model: ModelConfig, ctx: int) -> str:
 def estimate_for(
     info: ModelInfo, model: ModelConfig, ctx: int, flavor: str, gpu: bool, overhead: int | None
 ) -> Estimate:
-    flash = model.flash_attn == "on" or (model.flash_attn == "auto" and model.kv_type in QUANTIZED_KV)
+    flash = model.flash_attn != "off"  # llama-server's "auto" turns it on wherever it is supported
     return estimate(
         info,
         ctx=launch_ctx(model, ctx),
@@ -151,7 +151,8 @@ class VramPlanner:
         overhead = (overhead_mb * MiB if overhead_mb is not None else None) if gpu else 0
         est = estimate_for(info, model, ctx, backend.flavor, gpu, overhead)
         meas = (await self.measured()).get(await asyncio.to_thread(measured_key, model, ctx))
-        return est, prefer_measured(est, meas), meas
+        # A simulated GPU is served by a CPU build: its host buffers say nothing about VRAM.
+        return est, (est if inv.mode == "simulated" else prefer_measured(est, meas)), meas
 
     async def plan(self, target: ModelRuntime, ctx: int, residents: list[ModelRuntime]) -> PlanResult:
         model = target.config
