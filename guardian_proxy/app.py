@@ -10,6 +10,7 @@ from aiohttp import web
 from guardian_proxy import dashboard, openai_routes
 from guardian_proxy.auth import make_auth_middleware
 from guardian_proxy.context import CTX_KEY, ProxyContext
+from guardian_proxy.middleware import make_error_middleware
 from guardian_proxy.supervisor_link import SupervisorLink
 from shared.config import Config
 
@@ -23,9 +24,11 @@ async def root(request: web.Request) -> web.Response:
 
 def create_app(pc: ProxyContext) -> web.Application:
     max_body = int(pc.config.settings.proxy.max_body_mb * 2**20)
-    app = web.Application(
-        client_max_size=max_body, middlewares=[make_auth_middleware(pc.keys, pc.auth_required)]
-    )
+    middlewares = [
+        make_error_middleware(pc.config.settings.proxy.max_body_mb),
+        make_auth_middleware(pc.keys, pc.auth_required),
+    ]
+    app = web.Application(client_max_size=max_body, middlewares=middlewares)
     app[CTX_KEY] = pc
     app.router.add_get("/", root)  # GET also answers HEAD
     openai_routes.add_routes(app, pc)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 
+from guardian_proxy import validate
 from guardian_proxy.auth import allowed_models
 from guardian_proxy.context import ProxyContext, ctx_of
 from guardian_proxy.errors_http import openai_error, openai_from
@@ -30,14 +32,18 @@ async def read_json(request: web.Request) -> tuple[bytes, dict[str, Any]] | web.
     return body, payload
 
 
-def make_relay(path: str) -> Any:
+def make_relay(path: str, check: Callable[[dict[str, Any]], str | None]) -> Any:
     async def handler(request: web.Request) -> web.StreamResponse:
         parsed = await read_json(request)
         if isinstance(parsed, web.Response):
             return parsed
         body, payload = parsed
+        if (problem := check(payload)) is not None:
+            return openai_error(400, problem)
         pc = ctx_of(request)
         pc.check_scope(request, payload["model"])
+        if path == "/v1/embeddings" and (refusal := await _embeddings_refusal(pc, payload["model"])):
+            return refusal
         try:
             async with (
                 leased(pc.link, payload["model"]) as lease,
@@ -51,6 +57,23 @@ def make_relay(path: str) -> Any:
 
     handler.__name__ = "relay_" + path.strip("/").replace("/", "_")
     return handler
+
+
+async def _embeddings_refusal(pc: ProxyContext, name: str) -> web.Response | None:
+    """400 before loading anything when the model does not run with --embeddings."""
+    try:
+        models = await pc.link.models()
+    except GuardianError as e:
+        return openai_from(e)
+    for m in models:
+        if name in (m["name"], m["canonical"], *m["aliases"]) and not m["embeddings"]:
+            return openai_error(
+                400,
+                f"model '{m['name']}' does not serve embeddings: set 'embeddings: true' for it in models.yaml",
+                "model_not_embedding",
+                "model",
+            )
+    return None
 
 
 async def list_models(request: web.Request) -> web.Response:
@@ -88,8 +111,8 @@ def _model_obj(m: dict[str, Any]) -> dict[str, Any]:
 
 
 def add_routes(app: web.Application, pc: ProxyContext) -> None:
-    app.router.add_post("/v1/chat/completions", make_relay("/v1/chat/completions"))
-    app.router.add_post("/v1/completions", make_relay("/v1/completions"))
-    app.router.add_post("/v1/embeddings", make_relay("/v1/embeddings"))
+    app.router.add_post("/v1/chat/completions", make_relay("/v1/chat/completions", validate.check_chat))
+    app.router.add_post("/v1/completions", make_relay("/v1/completions", validate.check_completion))
+    app.router.add_post("/v1/embeddings", make_relay("/v1/embeddings", validate.check_embeddings))
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/models/{model:.+}", get_model)

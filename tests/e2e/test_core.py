@@ -120,7 +120,7 @@ def test_signal_leaves_no_child_behind(guardian_factory, sig):
 
 def test_unknown_model_is_openai_404(guardian_factory):
     g = guardian_factory()
-    r = httpx.post(g.url + "/v1/chat/completions", json={"model": "no-such", "messages": []})
+    r = httpx.post(g.url + "/v1/chat/completions", json={"model": "no-such", "messages": [{"role": "user", "content": "hi"}]})
     assert r.status_code == 404
     err = r.json()["error"]
     assert err["code"] == "model_not_found" and "no-such" in err["message"]

@@ -142,7 +142,7 @@ def test_proxy_death_drops_its_leases(fake_guardian):
 
     def slow_stream() -> None:
         try:
-            with httpx.stream("POST", g.url + "/v1/chat/completions", json={"model": "fa", "messages": [], "stream": True}, timeout=30) as r:
+            with httpx.stream("POST", g.url + "/v1/chat/completions", json={"model": "fa", "messages": [{"role": "user", "content": "hi"}], "stream": True}, timeout=30) as r:
                 for _ in r.iter_lines():
                     got_first.set()
         except httpx.HTTPError:
@@ -174,7 +174,7 @@ def test_supervisor_unreachable_is_503_not_a_hang(fake_guardian):
 def test_client_disconnect_cancels_upstream_and_frees_lease(fake_guardian):
     make, _cfg, record = fake_guardian
     g = make(behaviour={"content": ["x"] * 400, "token_delay_s": 0.02})
-    with httpx.stream("POST", g.url + "/v1/chat/completions", json={"model": "fa", "messages": [], "stream": True}, timeout=30) as r:
+    with httpx.stream("POST", g.url + "/v1/chat/completions", json={"model": "fa", "messages": [{"role": "user", "content": "hi"}], "stream": True}, timeout=30) as r:
         for i, _ in enumerate(r.iter_lines()):
             if i > 3:
                 break
