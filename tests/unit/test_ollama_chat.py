@@ -57,7 +57,7 @@ def test_stream_upstream_override_for_aggregation():
     assert plan.body["stream_options"] == {"include_usage": True}
 
 
-@pytest.mark.parametrize("body", [{}, {"model": ""}, {"model": None, "messages": [{"role": "user", "content": "hi"}]}])
+@pytest.mark.parametrize("body", [{}, {"model": ""}, {"model": None, "messages": []}])
 def test_model_is_required(body):
     with pytest.raises(OllamaError) as e:
         build_chat_request(body)
@@ -79,7 +79,7 @@ def test_stream_must_be_bool():
 
 @pytest.mark.parametrize("keep_alive", [0, "0", "0s", 0.0])
 def test_empty_messages_with_keep_alive_zero_unloads(keep_alive):
-    plan = build_chat_request({"model": "m", "messages": [{"role": "user", "content": "hi"}], "keep_alive": keep_alive})
+    plan = build_chat_request({"model": "m", "messages": [], "keep_alive": keep_alive})
     assert plan.action == "unload"
     assert plan.keep_alive == 0
     assert plan.body == {}
@@ -91,7 +91,7 @@ def test_unload_wins_even_with_bad_options_like_ollama():
 
 
 @pytest.mark.parametrize(
-    "extra", [{}, {"messages": [{"role": "user", "content": "hi"}]}, {"messages": None}, {"keep_alive": "5m"}, {"keep_alive": -1}]
+    "extra", [{}, {"messages": []}, {"messages": None}, {"keep_alive": "5m"}, {"keep_alive": -1}]
 )
 def test_empty_messages_otherwise_loads(extra):
     plan = build_chat_request({"model": "m", **extra})
