@@ -353,6 +353,8 @@ class Scheduler:
         while port < 65535:
             if port not in used:
                 with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                    # As llama-server binds: a port whose old connections linger is usable.
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                     try:
                         s.bind(("127.0.0.1", port))
                         return port

@@ -67,7 +67,7 @@ class Guardian:
                 "socket": "run/supervisor.sock",
                 "data_dir": "data",
                 # Random base: tests of other sessions or helpers may run at the same time.
-                "port_base": random.randrange(20000, 60000, 50),
+                "port_base": random.randrange(20000, 60000, 1000),
                 "stop_grace_s": 3,
                 **base.get("supervisor", {}),
             },
@@ -168,7 +168,7 @@ class Guardian:
             if "--port" in cmd and "--alias" in cmd:
                 with contextlib.suppress(ValueError, IndexError):
                     port = int(cmd[cmd.index("--port") + 1])
-                    if base <= port < base + 50:
+                    if base <= port < base + 1000:
                         pids.append(p.info["pid"])
         return pids
 
