@@ -14,6 +14,7 @@ import click
 import structlog
 
 from guardian_supervisor.gpus import GpuSource, make_source
+from guardian_supervisor.methods import catalog as catalog_methods
 from guardian_supervisor.methods import config as config_methods
 from guardian_supervisor.methods import keys as key_methods
 from guardian_supervisor.methods import models as model_methods
@@ -56,6 +57,7 @@ class Supervisor:
         config_methods.register(self.rpc, self)
         model_methods.register(self.rpc, self)
         key_methods.register(self.rpc, self)
+        catalog_methods.register(self.rpc, self)
 
     def _on_close(self, conn: Connection) -> None:
         self.scheduler.release_connection(conn.id)

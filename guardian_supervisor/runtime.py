@@ -56,6 +56,7 @@ class ModelRuntime:
     port: int | None = None
     argv: list[str] = field(default_factory=list)
     ctx: int | None = None  # context per slot the running server was started with
+    profile: tuple[tuple[str, int], ...] = ()  # launch overrides it was started with (benchmarks)
     inflight: int = 0
     last_used: float = 0.0  # monotonic; 0 = never
     last_used_wall: float = 0.0
@@ -108,6 +109,7 @@ class ModelRuntime:
             "pid": child.pid if child and child.returncode is None else None,
             "argv": self.argv,
             "ctx": self.ctx,
+            "profile": dict(self.profile),
             "inflight": self.inflight,
             "last_used": self.last_used_wall or None,
             "load_s": self.load_s,

@@ -17,8 +17,8 @@ import socket
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import aiohttp
@@ -62,6 +62,44 @@ class Refuse:
 PlanResult = Go | Wait | Refuse
 
 
+Profile = tuple[tuple[str, int], ...]  # launch overrides, sorted: (("batch_size", 512), ...)
+PROFILE_KEYS = ("batch_size", "ubatch_size")
+
+
+@dataclass(frozen=True)
+class Want:
+    """What a request needs from a running server: at least `ctx`, and these launch overrides."""
+
+    ctx: int | None = None
+    profile: Profile | None = None  # None: any launch settings will do
+
+    def met_by(self, rt: ModelRuntime) -> bool:
+        return (self.ctx is None or (rt.ctx or 0) >= self.ctx) and (
+            self.profile is None or rt.profile == self.profile
+        )
+
+
+def make_profile(overrides: Mapping[str, int] | None) -> Profile | None:
+    if overrides is None:
+        return None
+    bad = [k for k in overrides if k not in PROFILE_KEYS]
+    if bad:
+        raise GuardianError(
+            Code.INVALID_PARAMS, f"unknown launch setting {bad[0]!r}; allowed: {', '.join(PROFILE_KEYS)}"
+        )
+    return tuple(sorted((k, int(v)) for k, v in overrides.items()))
+
+
+class LifecycleHook(Protocol):
+    """Work that must happen while a server is up but unavailable to requests."""
+
+    async def model_started(self, rt: ModelRuntime) -> None:
+        """Healthy, not yet READY: requests are let through only after this returns."""
+
+    async def model_stopping(self, rt: ModelRuntime, reason: str) -> None:
+        """STOPPING, no leases, server still running: the last chance to talk to it."""
+
+
 class Planner(Protocol):
     async def plan(self, target: ModelRuntime, ctx: int, residents: list[ModelRuntime]) -> PlanResult: ...
 
@@ -74,7 +112,7 @@ class Planner(Protocol):
 class Waiter:
     model: str
     future: asyncio.Future[Lease]
-    ctx: int | None
+    want: Want
     since: float
     conn_id: int
 
@@ -103,6 +141,10 @@ class Scheduler:
         self._http: aiohttp.ClientSession | None = None
         self.child_env: dict[str, str] | None = None
         self.on_change: list[Callable[[ModelRuntime], None]] = []
+        self.on_acquire: list[Callable[[str, bool], None]] = []  # (model, is a user request)
+        self.hooks: list[LifecycleHook] = []
+        # Launch settings when a request names none (the request optimizer fills this in).
+        self.launch_defaults: Callable[[ModelConfig], tuple[int | None, Profile]] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
     def _background(self, coro: Coroutine[Any, Any, Any]) -> None:
@@ -113,7 +155,13 @@ class Scheduler:
     # ---- public API (RPC handlers call these) -------------------------------------------
 
     async def acquire(
-        self, requested: str, conn_id: int, ctx: int | None = None, keep_alive: Any = None
+        self,
+        requested: str,
+        conn_id: int,
+        ctx: int | None = None,
+        keep_alive: Any = None,
+        profile: Mapping[str, int] | None = None,
+        user: bool = True,
     ) -> tuple[Lease, ModelRuntime]:
         if self._closing:
             raise GuardianError(Code.SHUTTING_DOWN, "guardian-supervisor is shutting down; retry shortly")
@@ -121,7 +169,9 @@ class Scheduler:
         rt = self.runtimes[model.name]
         # Like Ollama: each request's keep_alive sets the model's idle timeout; none = default.
         rt.keep_alive_s = parse_keep_alive(keep_alive) if keep_alive is not None else None
-        want = min(ctx, model.context) if ctx else None
+        want = Want(min(ctx, model.context) if ctx else None, make_profile(profile))
+        for observer in self.on_acquire:
+            observer(model.name, user)
         if self._admissible(rt, want):
             return self._grant(rt, conn_id), rt
         if len(self.queue) >= self.config.settings.supervisor.max_queue:
@@ -245,8 +295,8 @@ class Scheduler:
 
     # ---- decisions ----------------------------------------------------------------------
 
-    def _admissible(self, rt: ModelRuntime, want_ctx: int | None) -> bool:
-        if rt.state is not State.READY or (want_ctx is not None and (rt.ctx or 0) < want_ctx):
+    def _admissible(self, rt: ModelRuntime, want: Want) -> bool:
+        if rt.state is not State.READY or not want.met_by(rt):
             return False
         since = self._blocked.get(rt.name)
         # A swap waiting on this model: keep serving it for a short fairness window, then drain.
@@ -277,7 +327,7 @@ class Scheduler:
             if rt is None:
                 self.queue.remove(w)
                 w.future.set_exception(GuardianError(Code.MODEL_NOT_FOUND, f"model '{w.model}' not found"))
-            elif self._admissible(rt, w.ctx):
+            elif self._admissible(rt, w.want):
                 self.queue.remove(w)
                 w.future.set_result(self._grant(rt, w.conn_id))
         if (self._transition is not None and not self._transition.done()) or self._parked:
@@ -286,25 +336,31 @@ class Scheduler:
         # models). Waiters of a model that is up but draining, or stopping, just wait.
         for w in self.queue:
             rt = self.runtimes[w.model]
-            if rt.state is State.STOPPING or (rt.state is State.READY and (rt.ctx or 0) >= (w.ctx or 0)):
+            if rt.state is State.STOPPING or (rt.state is State.READY and w.want.met_by(rt)):
                 continue
-            ctx = max((x.ctx or 0) for x in self.queue if x.model == rt.name) or None
-            self._transition = asyncio.create_task(self._bring_up(rt, ctx))
+            ctx = max((x.want.ctx or 0) for x in self.queue if x.model == rt.name) or None
+            self._transition = asyncio.create_task(self._bring_up(rt, Want(ctx, w.want.profile)))
             return
 
-    async def _bring_up(self, rt: ModelRuntime, want_ctx: int | None) -> None:
+    async def _bring_up(self, rt: ModelRuntime, want: Want) -> None:
         try:
             if rt.state is State.READY:
-                if want_ctx is None or (rt.ctx or 0) >= want_ctx:
+                if want.met_by(rt):
                     return  # became admissible meanwhile; _decide grants on the next kick
-                if rt.inflight > 0:  # reload for a larger context once its requests finish
+                if rt.inflight > 0:  # reload with the new settings once its requests finish
                     self._blocked.setdefault(rt.name, time.monotonic())
                     self._parked = True
                     return
-                await self._stop(rt, f"reload with context {want_ctx} (was {rt.ctx})")
+                await self._stop(
+                    rt, f"reload with context {want.ctx or rt.ctx} and settings {dict(want.profile or ())}"
+                )
             if rt.state is State.STOPPING:
                 return
-            ctx = want_ctx or rt.config.context
+            default_ctx, default_profile = (
+                self.launch_defaults(rt.config) if self.launch_defaults else (None, ())
+            )
+            ctx = want.ctx or min(default_ctx or rt.config.context, rt.config.context)
+            profile = want.profile if want.profile is not None else default_profile
             residents = [r for r in self.runtimes.values() if r.resident and r is not rt]
             plan = await self.planner.plan(rt, ctx, residents)
             if isinstance(plan, Refuse):
@@ -326,7 +382,7 @@ class Scheduler:
                     return
                 self._blocked.pop(name, None)
                 await self._stop(victim, f"evicted for {rt.name}")
-            await self._launch(rt, ctx, plan)
+            await self._launch(rt, ctx, profile, plan)
         except asyncio.CancelledError:
             raise
         except Exception as e:  # never leave waiters hanging on a bug
@@ -363,8 +419,9 @@ class Scheduler:
             port += 1
         raise GuardianError(Code.LOAD_FAILED, "no free TCP port above supervisor.port_base")
 
-    async def _launch(self, rt: ModelRuntime, ctx: int, plan: Go) -> None:
-        cfg, settings = rt.config, self.config.settings
+    async def _launch(self, rt: ModelRuntime, ctx: int, profile: Profile, plan: Go) -> None:
+        overrides: dict[str, Any] = dict(profile)
+        cfg, settings = replace(rt.config, **overrides), self.config.settings
         backend_name = self.config.backend_name(cfg)
         backend = settings.backends[backend_name]
         problem = check_model(cfg, backend)
@@ -432,8 +489,9 @@ class Scheduler:
         except asyncio.CancelledError:
             await child.stop(0)
             raise
+        rt.ctx, rt.profile = ctx, profile
+        await self._run_hooks("model_started", rt)
         rt.load_s = time.monotonic() - t0
-        rt.ctx = ctx
         rt.set_state(State.READY, f"healthy after {rt.load_s * 1000:.0f} ms")
         self.planner.after_ready(rt, ctx)
         self._notify(rt)
@@ -442,14 +500,17 @@ class Scheduler:
     async def _stop(self, rt: ModelRuntime, reason: str) -> None:
         rt.cancel_idle_timer()
         child = rt.child
+        was_serving = rt.state is State.READY and child is not None and child.returncode is None
         if rt.state in (State.READY, State.STARTING, State.FAILED):
             rt.set_state(State.STOPPING, reason)
+        if was_serving:
+            await self._run_hooks("model_stopping", rt, reason)
         if child is not None:
             await child.stop(self.config.settings.supervisor.stop_grace_s)
         if rt.state is State.STOPPING:
             rt.set_state(State.STOPPED, f"exited with status {child.returncode if child else None}")
         rt.port = None
-        rt.ctx = None
+        rt.ctx, rt.profile = None, ()
         await self.planner.after_stop(rt)
         self._notify(rt)
 
@@ -465,6 +526,13 @@ class Scheduler:
             self._background(self.planner.after_stop(rt))
             self._notify(rt)
             self._parked = False
+
+    async def _run_hooks(self, name: str, rt: ModelRuntime, *args: Any) -> None:
+        for hook in self.hooks:
+            try:
+                await getattr(hook, name)(rt, *args)
+            except Exception:  # a hook never fails a load or a stop
+                log.exception("hook_failed", hook=type(hook).__name__, event=name, model=rt.name)
 
     def _notify(self, rt: ModelRuntime) -> None:
         for cb in self.on_change:

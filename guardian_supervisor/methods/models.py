@@ -17,7 +17,10 @@ def register(server: RpcServer, sup: Supervisor) -> None:
     sched = sup.scheduler
 
     async def acquire(params: dict[str, Any], conn: Connection) -> dict[str, Any]:
-        """Wait until MODEL is ready and lease it: {model, ctx?, keep_alive?} → {lease, url, ...}.
+        """Wait until MODEL is ready and lease it: {model, ctx?, keep_alive?, profile?, user?} → {lease, url, ...}.
+
+        profile: launch overrides ({batch_size, ubatch_size}) the server must run with;
+        user: false for Guardian's own work (benchmarks), which must yield to users.
 
         The lease belongs to this connection; release it with models.release.
         """
@@ -29,7 +32,12 @@ def register(server: RpcServer, sup: Supervisor) -> None:
         t0 = time.monotonic()
         try:
             lease, rt = await sched.acquire(
-                name, conn.id, ctx=ctx or None, keep_alive=params.get("keep_alive")
+                name,
+                conn.id,
+                ctx=ctx or None,
+                keep_alive=params.get("keep_alive"),
+                profile=params.get("profile"),
+                user=params.get("user", True) is not False,
             )
         except ValueError as e:
             raise GuardianError(Code.INVALID_PARAMS, str(e)) from e
