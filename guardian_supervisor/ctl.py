@@ -253,5 +253,10 @@ def keys_revoke(ctl: Ctl, name: str, as_json: bool) -> None:
     emit(as_json, {"revoked": name}, f"revoked {name}")
 
 
+# Command groups that live in their own modules register here (each has register(main)).
+for _module in ():
+    _module.register(main)
+
+
 if __name__ == "__main__":
     main(prog_name=os.path.basename(sys.argv[0]))

@@ -146,6 +146,24 @@ class AuthSettings:
 
 
 @dataclass(frozen=True)
+class SessionSettings:
+    carry_over: bool = True  # save a model's conversations (KV slots) before it stops, restore after
+    max_mb_per_model: int = 4096  # slot files beyond this are removed, least recently used first
+
+
+@dataclass(frozen=True)
+class MaintenanceSettings:
+    service_command: tuple[str, ...] = ("systemctl",)  # run as [*service_command, stop|start, unit]
+    enabled: bool = True  # may the window start the benchmark on its own
+
+
+@dataclass(frozen=True)
+class OptimizerSettings:
+    enabled: bool = True  # fill unset num_ctx / batch settings from benchmark records
+    min_samples: int = 5  # prompt lengths seen before a learned context is used
+
+
+@dataclass(frozen=True)
 class Settings:
     proxy: ProxySettings = field(default_factory=ProxySettings)
     supervisor: SupervisorSettings = field(default_factory=SupervisorSettings)
@@ -162,6 +180,9 @@ class Settings:
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     gpus: GpuSettings = field(default_factory=GpuSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
+    sessions: SessionSettings = field(default_factory=SessionSettings)
+    maintenance: MaintenanceSettings = field(default_factory=MaintenanceSettings)
+    optimizer: OptimizerSettings = field(default_factory=OptimizerSettings)
     max_loaded_models: int = 3  # several models resident at once when they fit in memory
 
     def validate(self) -> Problem:
