@@ -254,7 +254,8 @@ def keys_revoke(ctl: Ctl, name: str, as_json: bool) -> None:
 
 
 # Command groups that live in their own modules register here (each has register(main)).
-for _module in ():
+_PLUGINS: tuple[Any, ...] = ()
+for _module in _PLUGINS:
     _module.register(main)
 
 
