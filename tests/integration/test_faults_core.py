@@ -48,7 +48,9 @@ def test_requests_during_a_slow_load_join_it(fake_guardian):
     async def burst() -> list[httpx.Response]:
         async with httpx.AsyncClient(timeout=30) as c:
             body = {"model": "fa", "messages": [{"role": "user", "content": "x"}]}
-            return await asyncio.gather(*(c.post(g.url + "/v1/chat/completions", json=body) for _ in range(6)))
+            return await asyncio.gather(
+                *(c.post(g.url + "/v1/chat/completions", json=body) for _ in range(6))
+            )
 
     t0 = time.monotonic()
     rs = asyncio.run(burst())
@@ -60,7 +62,9 @@ def test_requests_during_a_slow_load_join_it(fake_guardian):
 
 def test_crash_mid_stream_gives_clean_error_and_restarts(fake_guardian):
     make, cfg, _rec = fake_guardian
-    g = make(behaviour={"crash_mid_stream_after": 2, "content": ["a", "b", "c", "d", "e"], "token_delay_s": 0.05})
+    g = make(
+        behaviour={"crash_mid_stream_after": 2, "content": ["a", "b", "c", "d", "e"], "token_delay_s": 0.05}
+    )
     r = chat(g.url, "fa", stream=True)
     assert r.status_code == 200
     events = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: {")]
@@ -79,7 +83,10 @@ def test_crash_mid_stream_gives_clean_error_and_restarts(fake_guardian):
 
 def test_server_ignoring_sigterm_is_killed_after_grace(fake_guardian):
     make, _cfg, _rec = fake_guardian
-    g = make(settings={"supervisor": {"stop_grace_s": 1}, "max_loaded_models": 1}, per_model={"fa": {"ignore_sigterm": True}})
+    g = make(
+        settings={"supervisor": {"stop_grace_s": 1}, "max_loaded_models": 1},
+        per_model={"fa": {"ignore_sigterm": True}},
+    )
     assert chat(g.url, "fa").status_code == 200
     pid = g.model("fa")["pid"]
     t0 = time.monotonic()
@@ -100,7 +107,10 @@ def test_ik_flavor_quirks(fake_guardian, model_dir):
     assert time.monotonic() - t0 < 2.0
     argv = g.model("ik")["argv"]
     assert "--jinja" in argv and "-fit" not in argv
-    assert any("HTTP server listening" in line for line in (g.root / "data" / "logs" / "ik.log").read_text().splitlines())
+    assert any(
+        "HTTP server listening" in line
+        for line in (g.root / "data" / "logs" / "ik.log").read_text().splitlines()
+    )
 
 
 def test_ik_rejects_stale_fmoe_flag_with_a_clear_error(fake_guardian, model_dir):
@@ -115,7 +125,9 @@ def test_ik_rejects_stale_fmoe_flag_with_a_clear_error(fake_guardian, model_dir)
 
 def test_load_hang_is_killed_at_tier_timeout(fake_guardian):
     make, _cfg, _rec = fake_guardian
-    settings = {"timeouts": {"tiers": {"all": {"min_size_mb": 0, "timeout_seconds": 30, "load_timeout_seconds": 1}}}}
+    settings = {
+        "timeouts": {"tiers": {"all": {"min_size_mb": 0, "timeout_seconds": 30, "load_timeout_seconds": 1}}}
+    }
     g = make(settings=settings, behaviour={"hang_forever_loading": True})
     t0 = time.monotonic()
     r = chat(g.url, "fa")
@@ -142,7 +154,12 @@ def test_proxy_death_drops_its_leases(fake_guardian):
 
     def slow_stream() -> None:
         try:
-            with httpx.stream("POST", g.url + "/v1/chat/completions", json={"model": "fa", "messages": [{"role": "user", "content": "hi"}], "stream": True}, timeout=30) as r:
+            with httpx.stream(
+                "POST",
+                g.url + "/v1/chat/completions",
+                json={"model": "fa", "messages": [{"role": "user", "content": "hi"}], "stream": True},
+                timeout=30,
+            ) as r:
                 for _ in r.iter_lines():
                     got_first.set()
         except httpx.HTTPError:
@@ -174,7 +191,12 @@ def test_supervisor_unreachable_is_503_not_a_hang(fake_guardian):
 def test_client_disconnect_cancels_upstream_and_frees_lease(fake_guardian):
     make, _cfg, record = fake_guardian
     g = make(behaviour={"content": ["x"] * 400, "token_delay_s": 0.02})
-    with httpx.stream("POST", g.url + "/v1/chat/completions", json={"model": "fa", "messages": [{"role": "user", "content": "hi"}], "stream": True}, timeout=30) as r:
+    with httpx.stream(
+        "POST",
+        g.url + "/v1/chat/completions",
+        json={"model": "fa", "messages": [{"role": "user", "content": "hi"}], "stream": True},
+        timeout=30,
+    ) as r:
         for i, _ in enumerate(r.iter_lines()):
             if i > 3:
                 break
@@ -186,3 +208,24 @@ def test_client_disconnect_cancels_upstream_and_frees_lease(fake_guardian):
     # The fake records each request; the upstream connection was closed, so the stream ended
     # well before its 400 tokens (8 s) would have.
     assert record.exists() and "/v1/chat/completions" in record.read_text()
+
+
+def test_request_timeout_comes_from_the_size_tier(fake_guardian):
+    make, _cfg, _rec = fake_guardian
+    settings = {
+        "timeouts": {
+            "tiers": {
+                "small": {"min_size_mb": 0, "timeout_seconds": 1},
+                "big": {"min_size_mb": 50000, "timeout_seconds": 900},
+            }
+        }
+    }
+    g = make(settings=settings, behaviour={"content": ["x"] * 40, "token_delay_s": 0.1})
+    t0 = time.monotonic()
+    r = chat(g.url, "fa")
+    assert r.status_code == 504 and "within 1 s" in r.json()["error"]["message"]
+    assert time.monotonic() - t0 < 3
+    r = chat(g.url, "fa", stream=True)  # a stream that outlives its tier ends with an error event
+    events = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: {")]
+    assert "error" in events[-1]
+    assert g.status()["leases"] == 0
