@@ -65,7 +65,8 @@ def check_chat(body: dict[str, Any]) -> str | None:
     for i, m in enumerate(messages):
         if not isinstance(m, dict):
             return f"'messages[{i}]' must be an object with 'role' and 'content'"
-        if m.get("role") not in ROLES:
+        role = m.get("role")
+        if not isinstance(role, str) or role not in ROLES:
             return f"'messages[{i}].role' must be one of {', '.join(sorted(ROLES))}"
         if not _content_ok(m.get("content")):
             return f"'messages[{i}].content' must be a string or a list of content parts"

@@ -160,16 +160,13 @@ class Guardian:
         )
 
     def child_pids(self) -> list[int]:
-        """llama-server pids that belong to this Guardian (by their --port in our range)."""
+        """llama-server pids that belong to this Guardian: their --slot-save-path is under our root."""
+        mine = str(self.root / "data" / "slots") + os.sep
         pids = []
-        base = self.settings["supervisor"]["port_base"]
-        for p in psutil.process_iter(["pid", "cmdline"]):
+        for p in psutil.process_iter(["pid", "cmdline", "status"]):
             cmd = p.info["cmdline"] or []
-            if "--port" in cmd and "--alias" in cmd:
-                with contextlib.suppress(ValueError, IndexError):
-                    port = int(cmd[cmd.index("--port") + 1])
-                    if base <= port < base + 1000:
-                        pids.append(p.info["pid"])
+            if p.info["status"] != psutil.STATUS_ZOMBIE and any(a.startswith(mine) for a in cmd):
+                pids.append(p.info["pid"])
         return pids
 
     def send(self, which: str, sig: int) -> None:

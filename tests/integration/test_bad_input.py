@@ -46,6 +46,7 @@ def test_malformed_json_and_wrong_types(fake_g):
         (json.dumps({"model": 5, "messages": []}).encode(), "'model' is required"),
         (json.dumps({"model": "fa", "messages": "hi"}).encode(), "'messages'"),
         (json.dumps({"model": "fa", "messages": [{"role": "wizard", "content": "x"}]}).encode(), "role"),
+        (json.dumps({"model": "fa", "messages": [{"role": []}]}).encode(), "role"),  # found by hypothesis
         (
             json.dumps(
                 {"model": "fa", "messages": [{"role": "user", "content": "x"}], "max_tokens": "ten"}
