@@ -110,7 +110,9 @@ async def main_async(g: Guardian, n: int, gen_tokens: int, swaps: int) -> dict[s
             g_lat.append(await timed_post(s, gv1, {**CHAT, "model": "demo-a"}))
 
         body = {**CHAT, "model": "demo-a", "max_tokens": gen_tokens, "stream": True, "ignore_eos": True}
-        ollama: dict[str, Any] = {"model": "demo-a", "messages": CHAT["messages"], "stream": True, "ignore_eos": True, "options": {"num_predict": gen_tokens, "temperature": 0}}
+        # /api/chat has no ignore_eos (Ollama ignores the key): this prompt is one the tiny
+        # demo model answers with no EOS for 400 tokens at temperature 0.
+        ollama: dict[str, Any] = {"model": "demo-a", "messages": [{"role": "user", "content": "x"}], "stream": True, "options": {"num_predict": gen_tokens, "temperature": 0}}
         d_rate, g_rate, o_rate = [], [], []
         has_ollama = True
         for _ in range(15):

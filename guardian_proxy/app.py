@@ -7,7 +7,7 @@ import contextlib
 import structlog
 from aiohttp import web
 
-from guardian_proxy import dashboard, openai_routes
+from guardian_proxy import dashboard, ollama_http, openai_routes
 from guardian_proxy.auth import make_auth_middleware
 from guardian_proxy.context import CTX_KEY, ProxyContext
 from guardian_proxy.middleware import make_error_middleware
@@ -25,13 +25,16 @@ async def root(request: web.Request) -> web.Response:
 def create_app(pc: ProxyContext) -> web.Application:
     max_body = int(pc.config.settings.proxy.max_body_mb * 2**20)
     middlewares = [
+        ollama_http.make_cors_middleware(),  # first: preflights carry no key; refused origins stop here
         make_error_middleware(pc.config.settings.proxy.max_body_mb),
         make_auth_middleware(pc.keys, pc.auth_required),
     ]
     app = web.Application(client_max_size=max_body, middlewares=middlewares)
+    app.on_response_prepare.append(ollama_http.on_prepare)  # CORS header on every answer
     app[CTX_KEY] = pc
     app.router.add_get("/", root)  # GET also answers HEAD
     openai_routes.add_routes(app, pc)
+    ollama_http.add_routes(app, pc, OLLAMA_VERSION)
     return app
 
 

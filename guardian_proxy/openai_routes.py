@@ -47,7 +47,7 @@ def make_relay(path: str, check: Callable[[dict[str, Any]], str | None]) -> Any:
         try:
             async with (
                 leased(pc.link, payload["model"]) as lease,
-                upstream(pc.session, lease, path, body) as up,
+                upstream(pc.session, lease, path, body, stream=payload.get("stream") is True) as up,
             ):
                 return await pipe(request, up, lease.model)
         except GuardianError as e:

@@ -18,6 +18,10 @@ from aiohttp import web
 from guardian_proxy.supervisor_link import Lease, SupervisorLink
 
 JSON_HEADERS = {"Content-Type": "application/json"}
+# llama-server (cpp-httplib) closes the connection after a streamed answer without saying so,
+# and a pooled copy of it makes the next request fail ("Can not write request body"). Asking
+# for the close up front keeps such connections out of the pool.
+STREAM_REQUEST_HEADERS = {"Content-Type": "application/json", "Connection": "close"}
 STREAM_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -43,26 +47,34 @@ async def leased(
 
 @asynccontextmanager
 async def upstream(
-    session: aiohttp.ClientSession, lease: Lease, path: str, body: bytes
+    session: aiohttp.ClientSession, lease: Lease, path: str, body: bytes, *, stream: bool = False
 ) -> AsyncIterator[aiohttp.ClientResponse]:
-    """POST to the lease's llama-server; connection failures become UpstreamError."""
+    """POST to the lease's llama-server; the response is open (headers read) inside the block.
+
+    Failing to connect or to send becomes UpstreamError. A pooled connection the server had
+    already closed (the request never reached it) is retried once on a fresh one.
+    """
     timeout = aiohttp.ClientTimeout(total=lease.timeout_s)
+    headers = STREAM_REQUEST_HEADERS if stream else JSON_HEADERS
+    resp: aiohttp.ClientResponse | None = None
     for attempt in (1, 2):
         try:
-            async with session.post(
-                lease.url + path, data=body, headers=JSON_HEADERS, timeout=timeout
-            ) as resp:
-                yield resp
-                return
-        except aiohttp.ServerDisconnectedError as e:
-            if attempt == 2:  # first try may hit a pooled connection the server already closed
-                raise UpstreamError(f"llama-server for '{lease.model}' closed the connection: {e}") from e
+            resp = await session.post(lease.url + path, data=body, headers=headers, timeout=timeout)
+            break
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as e:
+            if attempt == 2:
+                raise UpstreamError(f"llama-server for '{lease.model}' is not reachable: {e}") from e
         except aiohttp.ClientConnectionError as e:
             raise UpstreamError(f"llama-server for '{lease.model}' is not reachable: {e}") from e
         except TimeoutError as e:
             raise UpstreamError(
                 f"llama-server for '{lease.model}' did not answer within {lease.timeout_s:g} s", 504
             ) from e
+    assert resp is not None
+    try:
+        yield resp
+    finally:
+        resp.release()
 
 
 def sse_error_event(message: str, status: int = 500) -> bytes:

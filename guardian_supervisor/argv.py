@@ -156,6 +156,8 @@ def build_argv(
         argv += ["-lv", "4"]  # upstream prints its buffer sizes (the measured memory) only at -lv 4
     if model.embeddings:
         argv += ["--embeddings"]
+    if model.pooling is not None:
+        argv += ["--pooling", model.pooling]
     if model.mmproj is not None:
         argv += ["--mmproj", str(model.mmproj)]
     if slot_dir is not None:

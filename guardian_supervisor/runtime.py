@@ -61,6 +61,7 @@ class ModelRuntime:
     last_used: float = 0.0  # monotonic; 0 = never
     last_used_wall: float = 0.0
     load_s: float | None = None
+    request_timeout_s: float = 600.0  # from the size tier, worked out at launch (not per request)
     last_error: str | None = None
     last_error_tail: list[str] = field(default_factory=list)
     keep_alive_s: float | None = None  # from the last request that set it; None = model/settings default

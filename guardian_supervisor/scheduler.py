@@ -444,7 +444,7 @@ class Scheduler:
             )
             return
         assert binary is not None
-        _req_timeout, load_timeout = timeouts_for(self.config, cfg)
+        rt.request_timeout_s, load_timeout = await asyncio.to_thread(timeouts_for, self.config, cfg)
         rt.port = self._pick_port()
         slot_dir = settings.supervisor.data_dir / "slots" / cfg.name
         rt.argv = build_argv(

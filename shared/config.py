@@ -204,6 +204,7 @@ class ModelConfig:
     tensor_split: str | tuple[float, ...] | None = None
     extra_args: str = ""
     embeddings: bool = False
+    pooling: Literal["none", "mean", "cls", "last", "rank"] | None = None  # --pooling for embeddings
     parallel: int = 1
     threads: int | None = None
     batch_size: int | None = None

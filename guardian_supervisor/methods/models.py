@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -41,13 +42,12 @@ def register(server: RpcServer, sup: Supervisor) -> None:
             )
         except ValueError as e:
             raise GuardianError(Code.INVALID_PARAMS, str(e)) from e
-        timeout_s, _ = timeouts_for(sched.config, rt.config)
         return {
             "lease": lease.id,
             "model": rt.name,
             "url": f"http://127.0.0.1:{rt.port}",
             "ctx": rt.ctx,
-            "timeout_s": timeout_s,
+            "timeout_s": rt.request_timeout_s,
             "waited_s": round(time.monotonic() - t0, 6),  # queue + load time: Ollama's load_duration
             "embeddings": rt.config.embeddings,
         }
@@ -63,7 +63,7 @@ def register(server: RpcServer, sup: Supervisor) -> None:
         out = []
         for rt in sched.runtimes.values():
             cfg = rt.config
-            timeout_s, load_timeout_s = timeouts_for(sched.config, cfg)
+            timeout_s, load_timeout_s = await asyncio.to_thread(timeouts_for, sched.config, cfg)
             out.append(
                 {
                     "name": cfg.name,

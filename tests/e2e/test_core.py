@@ -21,7 +21,12 @@ def stream_chat(url: str, model: str, max_tokens: int = 4) -> tuple[str, list[st
     client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
     names, pieces = set(), []
     for chunk in client.chat.completions.create(
-        model=model, messages=[{"role": "user", "content": "hello"}], max_tokens=max_tokens, stream=True
+        # "x" at temperature 0: the random-weight model answers it with tokens, never EOS first.
+        model=model,
+        messages=[{"role": "user", "content": "x"}],
+        max_tokens=max_tokens,
+        stream=True,
+        temperature=0,
     ):
         names.add(chunk.model)
         if chunk.choices and chunk.choices[0].delta.content:
@@ -120,7 +125,10 @@ def test_signal_leaves_no_child_behind(guardian_factory, sig):
 
 def test_unknown_model_is_openai_404(guardian_factory):
     g = guardian_factory()
-    r = httpx.post(g.url + "/v1/chat/completions", json={"model": "no-such", "messages": [{"role": "user", "content": "hi"}]})
+    r = httpx.post(
+        g.url + "/v1/chat/completions",
+        json={"model": "no-such", "messages": [{"role": "user", "content": "hi"}]},
+    )
     assert r.status_code == 404
     err = r.json()["error"]
     assert err["code"] == "model_not_found" and "no-such" in err["message"]

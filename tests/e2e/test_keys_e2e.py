@@ -31,7 +31,10 @@ def test_keys_create_enforce_scope_revoke(guardian_factory):
 
     # Now every API route needs a key; / and /api/version stay open for detection.
     assert httpx.get(g.url + "/").status_code == 200
-    r = httpx.post(g.url + "/v1/chat/completions", json={"model": "demo-a", "messages": [{"role": "user", "content": "hi"}]})
+    r = httpx.post(
+        g.url + "/v1/chat/completions",
+        json={"model": "demo-a", "messages": [{"role": "user", "content": "hi"}]},
+    )
     assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
     r = httpx.get(g.url + "/v1/models", headers={"Authorization": "Bearer flip_wrong"})
     assert r.status_code == 401

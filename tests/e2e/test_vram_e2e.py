@@ -173,7 +173,9 @@ def test_busy_model_is_not_evicted_until_its_request_finishes(guardian_factory, 
 
     def run(model: str) -> None:
         r = httpx.post(
-            g.url + "/v1/chat/completions", json={"model": model, "messages": [{"role": "user", "content": "hi"}], "stream": False}, timeout=60
+            g.url + "/v1/chat/completions",
+            json={"model": model, "messages": [{"role": "user", "content": "hi"}], "stream": False},
+            timeout=60,
         )
         assert r.status_code == 200
         done[model] = time.monotonic()

@@ -55,7 +55,13 @@ def test_quantized_kv_forces_flash_attention():
 def test_tensor_split_from_config_and_from_placement():
     argv = build_argv(model(tensor_split="0.55,0.45"), IK, binary="x", port=1)
     assert flag(argv, "-ts") == "0.55,0.45" and flag(argv, "-sm") == "layer"
-    argv = build_argv(model(), UP, binary="x", port=1, placement=Placement(n_gpu_layers=20, tensor_split=(3.0, 1.0), main_gpu=1))
+    argv = build_argv(
+        model(),
+        UP,
+        binary="x",
+        port=1,
+        placement=Placement(n_gpu_layers=20, tensor_split=(3.0, 1.0), main_gpu=1),
+    )
     assert flag(argv, "-ts") == "3,1" and flag(argv, "-ngl") == "20" and flag(argv, "-mg") == "1"
     single = build_argv(model(), UP, binary="x", port=1, placement=Placement(tensor_split=(1.0,)))
     assert "-ts" not in single
@@ -67,8 +73,19 @@ def test_extra_args_split_like_a_shell_and_come_last():
 
 
 def test_optional_flags():
-    argv = build_argv(model(embeddings=True, threads=6, batch_size=1024, ubatch_size=256, mmproj=Path("/p.gguf")), UP, binary="x", port=1, slot_dir=Path("/s"))
-    assert "--embeddings" in argv and flag(argv, "-t") == "6" and flag(argv, "-b") == "1024" and flag(argv, "-ub") == "256"
+    argv = build_argv(
+        model(embeddings=True, threads=6, batch_size=1024, ubatch_size=256, mmproj=Path("/p.gguf")),
+        UP,
+        binary="x",
+        port=1,
+        slot_dir=Path("/s"),
+    )
+    assert (
+        "--embeddings" in argv
+        and flag(argv, "-t") == "6"
+        and flag(argv, "-b") == "1024"
+        and flag(argv, "-ub") == "256"
+    )
     assert flag(argv, "--mmproj") == "/p.gguf" and flag(argv, "--slot-save-path") == "/s"
 
 
@@ -90,7 +107,13 @@ def test_flags_a_flavor_rejects_are_named(flavor, args, bad):
     assert msg is not None and "'qwen'" in msg and bad in msg
 
 
-@pytest.mark.parametrize(("flavor", "args"), [("ik", ["-mla", "3", "-amb", "512", "-sm", "graph"]), ("upstream", ["-sm", "row", "-ngl", "auto", "--no-jinja"])])
+@pytest.mark.parametrize(
+    ("flavor", "args"),
+    [
+        ("ik", ["-mla", "3", "-amb", "512", "-sm", "graph"]),
+        ("upstream", ["-sm", "row", "-ngl", "auto", "--no-jinja"]),
+    ],
+)
 def test_flags_a_flavor_accepts(flavor, args):
     assert check_extra_args(flavor, "m", args) is None
 

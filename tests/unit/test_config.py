@@ -89,18 +89,68 @@ def test_settings_file_is_optional(tmp_path):
         ("proxy:\n  port: eleven\n", BRIEF_MODEL, "settings.yaml:2: proxy.port", "expected an integer"),
         ("proxy:\n  port: 99999\n", BRIEF_MODEL, "settings.yaml:2: proxy.port", "TCP port"),
         ("default_backend: nope\n", BRIEF_MODEL, "settings.yaml:1: default_backend", "no backend named"),
-        ("benchmark:\n  schedule:\n    days: [someday]\n", BRIEF_MODEL, "settings.yaml:3: benchmark.schedule.days", "unknown day"),
-        ("backends:\n  x: {binary: b, flavor: other}\ndefault_backend: x\n", BRIEF_MODEL, "settings.yaml:2: backends.x.flavor", "one of 'ik', 'upstream'"),
-        (None, "models:\n  a:\n    path: missing.gguf\n", "models.yaml:3: models.a.path", "model file not found"),
-        (None, "models:\n  a:\n    path: m.gguf\n    context: big\n", "models.yaml:4: models.a.context", "expected an integer"),
-        (None, "models:\n  a:\n    path: m.gguf\n    kv_type: q3\n", "models.yaml:4: models.a.kv_type", "unknown cache type"),
-        (None, "models:\n  a:\n    path: m.gguf\n    tensor_split: 'x,y'\n", "models.yaml:4: models.a.tensor_split", "proportions"),
-        (None, "models:\n  a:\n    path: m.gguf\n    extra_args: \"--x 'unclosed\"\n", "models.yaml:4: models.a.extra_args", "shell"),
-        (None, "models:\n  a:\n    path: m.gguf\n    backend: nope\n", "models.yaml:4: models.a.backend", "no backend named"),
-        (None, "models:\n  a:\n    path: m.gguf\n  b:\n    path: m.gguf\n    aliases: [a]\n", "models.yaml:4: models.b", "already used"),
+        (
+            "benchmark:\n  schedule:\n    days: [someday]\n",
+            BRIEF_MODEL,
+            "settings.yaml:3: benchmark.schedule.days",
+            "unknown day",
+        ),
+        (
+            "backends:\n  x: {binary: b, flavor: other}\ndefault_backend: x\n",
+            BRIEF_MODEL,
+            "settings.yaml:2: backends.x.flavor",
+            "one of 'ik', 'upstream'",
+        ),
+        (
+            None,
+            "models:\n  a:\n    path: missing.gguf\n",
+            "models.yaml:3: models.a.path",
+            "model file not found",
+        ),
+        (
+            None,
+            "models:\n  a:\n    path: m.gguf\n    context: big\n",
+            "models.yaml:4: models.a.context",
+            "expected an integer",
+        ),
+        (
+            None,
+            "models:\n  a:\n    path: m.gguf\n    kv_type: q3\n",
+            "models.yaml:4: models.a.kv_type",
+            "unknown cache type",
+        ),
+        (
+            None,
+            "models:\n  a:\n    path: m.gguf\n    tensor_split: 'x,y'\n",
+            "models.yaml:4: models.a.tensor_split",
+            "proportions",
+        ),
+        (
+            None,
+            'models:\n  a:\n    path: m.gguf\n    extra_args: "--x \'unclosed"\n',
+            "models.yaml:4: models.a.extra_args",
+            "shell",
+        ),
+        (
+            None,
+            "models:\n  a:\n    path: m.gguf\n    backend: nope\n",
+            "models.yaml:4: models.a.backend",
+            "no backend named",
+        ),
+        (
+            None,
+            "models:\n  a:\n    path: m.gguf\n  b:\n    path: m.gguf\n    aliases: [a]\n",
+            "models.yaml:4: models.b",
+            "already used",
+        ),
         (None, "models:\n  bad/name:\n    path: m.gguf\n", "models.yaml:2: models.bad/name", "model names"),
         (None, "modles: {}\n", "models.yaml:1: modles", "unknown key"),
-        (None, "models:\n  a:\n    name: x\n    path: m.gguf\n", "models.yaml:3: models.a.name", "unknown key"),
+        (
+            None,
+            "models:\n  a:\n    name: x\n    path: m.gguf\n",
+            "models.yaml:3: models.a.name",
+            "unknown key",
+        ),
         (None, "models:\n  a:\n    ngl: 1\n", "models.yaml:2: models.a", "missing required key 'path'"),
     ],
 )
@@ -118,7 +168,13 @@ def test_missing_models_file(tmp_path):
 
 
 def test_names_resolve_with_latest_tag_and_aliases(tmp_path):
-    cfg = load_config(write(tmp_path, None, "models:\n  qwen:\n    path: m.gguf\n    aliases: ['q:7b']\n  'llama:8b':\n    path: m.gguf\n"))
+    cfg = load_config(
+        write(
+            tmp_path,
+            None,
+            "models:\n  qwen:\n    path: m.gguf\n    aliases: ['q:7b']\n  'llama:8b':\n    path: m.gguf\n",
+        )
+    )
     assert canonical_name("qwen") == "qwen:latest"
     assert resolve_model(cfg, "qwen:latest").name == "qwen"
     assert resolve_model(cfg, "q:7b").name == "qwen"
@@ -133,7 +189,10 @@ def test_tier_timeouts_by_size(tmp_path):
     assert tier_timeouts(t, 100) == (t.default_timeout_seconds, t.default_load_timeout_seconds)
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("5m", 300), ("1h30m", 5400), ("300ms", 0.3), ("0", 0), ("-1m", -60), ("1.5h", 5400)])
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("5m", 300), ("1h30m", 5400), ("300ms", 0.3), ("0", 0), ("-1m", -60), ("1.5h", 5400)],
+)
 def test_go_durations(text, seconds):
     assert parse_go_duration(text) / 1e9 == pytest.approx(seconds)
 
