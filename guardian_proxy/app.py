@@ -7,7 +7,7 @@ import contextlib
 import structlog
 from aiohttp import web
 
-from guardian_proxy import dashboard, ollama_http, openai_routes
+from guardian_proxy import dashboard, ollama_http, openai_routes, sessions_routes
 from guardian_proxy.auth import make_auth_middleware
 from guardian_proxy.context import CTX_KEY, ProxyContext
 from guardian_proxy.middleware import make_error_middleware
@@ -34,6 +34,7 @@ def create_app(pc: ProxyContext) -> web.Application:
     app[CTX_KEY] = pc
     app.router.add_get("/", root)  # GET also answers HEAD
     openai_routes.add_routes(app, pc)
+    sessions_routes.add_routes(app)  # /guardian/sessions: named KV-cache sessions
     ollama_http.add_routes(app, pc, OLLAMA_VERSION)
     return app
 

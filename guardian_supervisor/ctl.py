@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from guardian_supervisor import ctl_bench, ctl_sessions
 from shared.config import default_config_dir, load_settings
 from shared.errors import GuardianError
 from shared.rpc import call_sync
@@ -254,7 +255,7 @@ def keys_revoke(ctl: Ctl, name: str, as_json: bool) -> None:
 
 
 # Command groups that live in their own modules register here (each has register(main)).
-_PLUGINS: tuple[Any, ...] = ()
+_PLUGINS: tuple[Any, ...] = (ctl_sessions, ctl_bench)
 for _module in _PLUGINS:
     _module.register(main)
 

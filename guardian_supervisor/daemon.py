@@ -14,12 +14,18 @@ import click
 import structlog
 
 from guardian_supervisor.gpus import GpuSource, make_source
+from guardian_supervisor.learning import Learning
+from guardian_supervisor.methods import bench as bench_methods
 from guardian_supervisor.methods import catalog as catalog_methods
 from guardian_supervisor.methods import config as config_methods
 from guardian_supervisor.methods import keys as key_methods
+from guardian_supervisor.methods import maintenance as maintenance_methods
 from guardian_supervisor.methods import models as model_methods
+from guardian_supervisor.methods import optimizer as optimizer_methods
+from guardian_supervisor.methods import sessions as session_methods
 from guardian_supervisor.rpc_server import Connection, RpcServer
 from guardian_supervisor.scheduler import Scheduler
+from guardian_supervisor.sessions import SessionManager
 from guardian_supervisor.vram import VramPlanner, own_pids_of
 from shared.config import Config, default_config_dir, load_config
 from shared.errors import Code, GuardianError
@@ -53,11 +59,18 @@ class Supervisor:
         self.pid = os.getpid()
         self.planner = VramPlanner(lambda: self.config, source, lambda: own_pids_of(self.scheduler.runtimes))
         self.scheduler = Scheduler(config, self.planner)
+        self.sessions = SessionManager(self.scheduler)  # KV slots: carry-over across swaps, named sessions
+        self.scheduler.hooks.append(self.sessions)
+        self.scheduler.on_acquire.append(self.sessions.on_acquire)
+        self.learning = Learning(self)  # benchmark suite, maintenance window, request optimizer
         self.rpc = RpcServer(config.socket_path, self._on_close)
         config_methods.register(self.rpc, self)
         model_methods.register(self.rpc, self)
         key_methods.register(self.rpc, self)
         catalog_methods.register(self.rpc, self)
+        for group in (bench_methods, maintenance_methods, optimizer_methods):
+            group.register(self.rpc, self)
+        session_methods.register(self.rpc, self)
 
     def _on_close(self, conn: Connection) -> None:
         self.scheduler.release_connection(conn.id)
@@ -68,6 +81,7 @@ class Supervisor:
     async def start(self) -> None:
         await asyncio.to_thread(self._prepare_dirs)
         await self.rpc.start()
+        await self.learning.start()
         log.info(
             "supervisor_ready",
             socket=str(self.config.socket_path),
@@ -101,7 +115,9 @@ class Supervisor:
     async def stop(self) -> None:
         sd_notify("STOPPING=1")
         await self.rpc.close()
+        await self.learning.stop()
         await self.scheduler.close()
+        await self.sessions.close()
         log.info("supervisor_stopped")
 
 

@@ -57,6 +57,7 @@ class ModelRuntime:
     argv: list[str] = field(default_factory=list)
     ctx: int | None = None  # context per slot the running server was started with
     profile: tuple[tuple[str, int], ...] = ()  # launch overrides it was started with (benchmarks)
+    internal: bool = False  # launched for Guardian's own work (a benchmark cell), not for users
     inflight: int = 0
     last_used: float = 0.0  # monotonic; 0 = never
     last_used_wall: float = 0.0

@@ -72,10 +72,13 @@ class Want:
 
     ctx: int | None = None
     profile: Profile | None = None  # None: any launch settings will do
+    user: bool = True  # a user's request never runs on a server launched for Guardian's own work
 
     def met_by(self, rt: ModelRuntime) -> bool:
-        return (self.ctx is None or (rt.ctx or 0) >= self.ctx) and (
-            self.profile is None or rt.profile == self.profile
+        return (
+            (self.ctx is None or (rt.ctx or 0) >= self.ctx)
+            and (self.profile is None or rt.profile == self.profile)
+            and not (self.user and rt.internal)
         )
 
 
@@ -101,7 +104,9 @@ class LifecycleHook(Protocol):
 
 
 class Planner(Protocol):
-    async def plan(self, target: ModelRuntime, ctx: int, residents: list[ModelRuntime]) -> PlanResult: ...
+    async def plan(
+        self, target: ModelRuntime, ctx: int, residents: list[ModelRuntime], profile: Profile = ()
+    ) -> PlanResult: ...
 
     async def after_stop(self, stopped: ModelRuntime) -> None: ...
 
@@ -169,7 +174,7 @@ class Scheduler:
         rt = self.runtimes[model.name]
         # Like Ollama: each request's keep_alive sets the model's idle timeout; none = default.
         rt.keep_alive_s = parse_keep_alive(keep_alive) if keep_alive is not None else None
-        want = Want(min(ctx, model.context) if ctx else None, make_profile(profile))
+        want = Want(min(ctx, model.context) if ctx else None, make_profile(profile), user)
         for observer in self.on_acquire:
             observer(model.name, user)
         if self._admissible(rt, want):
@@ -339,7 +344,7 @@ class Scheduler:
             if rt.state is State.STOPPING or (rt.state is State.READY and w.want.met_by(rt)):
                 continue
             ctx = max((x.want.ctx or 0) for x in self.queue if x.model == rt.name) or None
-            self._transition = asyncio.create_task(self._bring_up(rt, Want(ctx, w.want.profile)))
+            self._transition = asyncio.create_task(self._bring_up(rt, Want(ctx, w.want.profile, w.want.user)))
             return
 
     async def _bring_up(self, rt: ModelRuntime, want: Want) -> None:
@@ -362,7 +367,7 @@ class Scheduler:
             ctx = want.ctx or min(default_ctx or rt.config.context, rt.config.context)
             profile = want.profile if want.profile is not None else default_profile
             residents = [r for r in self.runtimes.values() if r.resident and r is not rt]
-            plan = await self.planner.plan(rt, ctx, residents)
+            plan = await self.planner.plan(rt, ctx, residents, profile)
             if isinstance(plan, Refuse):
                 self._fail_waiters(
                     rt.name, GuardianError(Code.DOES_NOT_FIT, plan.message, {"model": rt.name, **plan.data})
@@ -382,7 +387,7 @@ class Scheduler:
                     return
                 self._blocked.pop(name, None)
                 await self._stop(victim, f"evicted for {rt.name}")
-            await self._launch(rt, ctx, profile, plan)
+            await self._launch(rt, ctx, profile, plan, internal=not want.user)
         except asyncio.CancelledError:
             raise
         except Exception as e:  # never leave waiters hanging on a bug
@@ -403,8 +408,8 @@ class Scheduler:
                 if not w.future.done():
                     w.future.set_exception(err)
 
-    def _pick_port(self) -> int:
-        used = {rt.port for rt in self.runtimes.values() if rt.port is not None}
+    def _pick_port(self, avoid: set[int] | None = None) -> int:
+        used = {rt.port for rt in self.runtimes.values() if rt.port is not None} | (avoid or set())
         port = self.config.settings.supervisor.port_base
         while port < 65535:
             if port not in used:
@@ -419,7 +424,9 @@ class Scheduler:
             port += 1
         raise GuardianError(Code.LOAD_FAILED, "no free TCP port above supervisor.port_base")
 
-    async def _launch(self, rt: ModelRuntime, ctx: int, profile: Profile, plan: Go) -> None:
+    async def _launch(
+        self, rt: ModelRuntime, ctx: int, profile: Profile, plan: Go, internal: bool = False
+    ) -> None:
         overrides: dict[str, Any] = dict(profile)
         cfg, settings = replace(rt.config, **overrides), self.config.settings
         backend_name = self.config.backend_name(cfg)
@@ -445,37 +452,54 @@ class Scheduler:
             return
         assert binary is not None
         rt.request_timeout_s, load_timeout = await asyncio.to_thread(timeouts_for, self.config, cfg)
-        rt.port = self._pick_port()
         slot_dir = settings.supervisor.data_dir / "slots" / cfg.name
-        rt.argv = build_argv(
-            cfg, backend, binary=binary, port=rt.port, ctx=ctx, placement=plan.placement, slot_dir=slot_dir
-        )
         rt.set_state(State.STARTING, "requested")
         rt.last_error, rt.last_error_tail = None, []
-        child = Child(
-            cfg.name,
-            rt.argv,
-            settings.supervisor.data_dir / "logs" / f"{cfg.name}.log",
-            settings.supervisor.log_ring_lines,
-        )
-        child.on_exit = lambda c: self._on_exit(rt, c)
-        rt.child = child
         t0 = time.monotonic()
+        env = {**os.environ, **(self.child_env or {}), **plan.env} if plan.env else self.child_env
+        child: Child | None = None
         try:
             await asyncio.to_thread(slot_dir.mkdir, parents=True, exist_ok=True)
-            env = {**os.environ, **(self.child_env or {}), **plan.env} if plan.env else self.child_env
-            await child.start(env)
-            await wait_ready(
-                child,
-                f"http://127.0.0.1:{rt.port}",
-                self._session(),
-                load_timeout,
-                settings.supervisor.health_poll_ms / 1000,
-            )
+            taken: set[int] = set()
+            for attempt in (1, 2):
+                rt.port = self._pick_port(taken)
+                rt.argv = build_argv(
+                    cfg,
+                    backend,
+                    binary=binary,
+                    port=rt.port,
+                    ctx=ctx,
+                    placement=plan.placement,
+                    slot_dir=slot_dir,
+                )
+                child = Child(
+                    cfg.name,
+                    rt.argv,
+                    settings.supervisor.data_dir / "logs" / f"{cfg.name}.log",
+                    settings.supervisor.log_ring_lines,
+                )
+                child.on_exit = lambda c: self._on_exit(rt, c)
+                rt.child = child
+                await child.start(env)
+                try:
+                    await wait_ready(
+                        child,
+                        f"http://127.0.0.1:{rt.port}",
+                        self._session(),
+                        load_timeout,
+                        settings.supervisor.health_poll_ms / 1000,
+                    )
+                    break
+                except LoadError as e:
+                    # Another process took the port between our check and llama-server's bind.
+                    if attempt == 2 or e.timed_out or not any("bind" in line for line in e.tail):
+                        raise
+                    log.warning("port_taken_retrying", model=cfg.name, port=rt.port)
+                    taken.add(rt.port)
         except (LoadError, OSError) as e:
             timed_out = isinstance(e, LoadError) and e.timed_out
             tail = e.tail if isinstance(e, LoadError) else []
-            if child.proc is not None:
+            if child is not None and child.proc is not None:
                 await child.stop(0 if timed_out else settings.supervisor.stop_grace_s)
             msg = f"model '{cfg.name}' failed to load: {e}"
             rt.last_error, rt.last_error_tail = msg, tail
@@ -487,9 +511,10 @@ class Scheduler:
             self._fail_waiters(rt.name, GuardianError(code, msg, {"model": cfg.name, "log_tail": tail[-10:]}))
             return
         except asyncio.CancelledError:
-            await child.stop(0)
+            if child is not None:
+                await child.stop(0)
             raise
-        rt.ctx, rt.profile = ctx, profile
+        rt.ctx, rt.profile, rt.internal = ctx, profile, internal
         await self._run_hooks("model_started", rt)
         rt.load_s = time.monotonic() - t0
         rt.set_state(State.READY, f"healthy after {rt.load_s * 1000:.0f} ms")
@@ -510,7 +535,7 @@ class Scheduler:
         if rt.state is State.STOPPING:
             rt.set_state(State.STOPPED, f"exited with status {child.returncode if child else None}")
         rt.port = None
-        rt.ctx, rt.profile = None, ()
+        rt.ctx, rt.profile, rt.internal = None, (), False
         await self.planner.after_stop(rt)
         self._notify(rt)
 

@@ -154,8 +154,15 @@ class VramPlanner:
         # A simulated GPU is served by a CPU build: its host buffers say nothing about VRAM.
         return est, (est if inv.mode == "simulated" else prefer_measured(est, meas)), meas
 
-    async def plan(self, target: ModelRuntime, ctx: int, residents: list[ModelRuntime]) -> PlanResult:
-        model = target.config
+    async def plan(
+        self,
+        target: ModelRuntime,
+        ctx: int,
+        residents: list[ModelRuntime],
+        profile: tuple[tuple[str, int], ...] = (),
+    ) -> PlanResult:
+        overrides: dict[str, Any] = dict(profile)
+        model = replace(target.config, **overrides)  # batch sizes change the compute buffer
         try:
             _est, use, _meas = await self.estimate(model, ctx)
         except (GGUFError, OSError) as e:

@@ -29,7 +29,11 @@ def test_keys_create_enforce_scope_revoke(guardian_factory):
     assert stat.S_IMODE(os.stat(keys_file).st_mode) == 0o600
     assert key not in keys_file.read_text() and scoped not in keys_file.read_text()
 
-    # Now every API route needs a key; / and /api/version stay open for detection.
+    # Within a second every API route needs a key; / and /api/version stay open for detection.
+    deadline = time.monotonic() + 1.0
+    while httpx.get(g.url + "/v1/models").status_code != 401:
+        assert time.monotonic() < deadline, "the new key did not turn authentication on within 1 s"
+        time.sleep(0.05)
     assert httpx.get(g.url + "/").status_code == 200
     r = httpx.post(
         g.url + "/v1/chat/completions",

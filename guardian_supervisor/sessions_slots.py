@@ -1,0 +1,130 @@
+"""llama-server's slot API as Guardian uses it: GET /slots, POST /slots/{id}?action=..., /metrics.
+
+Both forks answer these, with different slot fields (reference §1): upstream build 11434
+reports `n_prompt_tokens` (the tokens the slot's cache holds; 0 after an erase) and
+`is_processing`; older and ik builds may report `n_past`, `state` or the token lists. The
+helpers below read whichever is there and say "unknown" rather than guess.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+# Saving or restoring several GiB of KV cache takes seconds on real hardware.
+SLOT_IO_TIMEOUT = aiohttp.ClientTimeout(total=600)
+QUICK_TIMEOUT = aiohttp.ClientTimeout(total=10)
+
+
+class SlotError(Exception):
+    """llama-server refused or failed a slot action; the message is its own."""
+
+
+@dataclass(frozen=True)
+class SlotState:
+    id: int
+    n_tokens: int | None  # tokens held in the slot's cache; None when the build does not say
+    processing: bool
+    id_task: int | None  # the last task the slot ran; changes when a request uses it
+
+
+def parse_slot(raw: dict[str, Any]) -> SlotState:
+    n_tokens: int | None = None
+    for key in ("n_prompt_tokens", "n_past", "n_tokens"):
+        value = raw.get(key)
+        if isinstance(value, int) and not isinstance(value, bool):
+            n_tokens = value
+            break
+    else:
+        for key in ("cache_tokens", "tokens"):
+            if isinstance(raw.get(key), list):
+                n_tokens = len(raw[key])
+                break
+    if "is_processing" in raw:
+        processing = bool(raw["is_processing"])
+    else:
+        processing = raw.get("state", 0) not in (0, "idle", None)
+    id_task = raw.get("id_task")
+    return SlotState(
+        id=int(raw.get("id", 0)),
+        n_tokens=n_tokens,
+        processing=processing,
+        id_task=id_task if isinstance(id_task, int) and id_task >= 0 else None,
+    )
+
+
+def holds_conversation(s: SlotState) -> bool:
+    """Worth saving: tokens in its cache (or a build that does not say, and has run a task)."""
+    if s.n_tokens is not None:
+        return s.n_tokens > 0
+    return s.id_task is not None
+
+
+def pick_slot(slots: list[SlotState]) -> SlotState | None:
+    """The conversation to save when none is named: the slot that ran the latest task."""
+    held = [s for s in slots if holds_conversation(s)]
+    return max(held, key=lambda s: (s.id_task or -1, -s.id), default=None)
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """Prometheus text → {name: value} for the `llamacpp:*` counters."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name, _, value = line.partition(" ")
+        try:
+            out[name] = float(value.strip())
+        except ValueError:
+            continue
+    return out
+
+
+class SlotClient:
+    """One running llama-server's slot endpoints."""
+
+    def __init__(self, session: aiohttp.ClientSession, base_url: str) -> None:
+        self.http = session
+        self.base = base_url
+
+    async def slots(self) -> list[SlotState]:
+        async with self.http.get(self.base + "/slots", timeout=QUICK_TIMEOUT) as r:
+            body = await _json(r)
+        if not isinstance(body, list):
+            raise SlotError(f"GET /slots answered {str(body)[:200]}")
+        return [parse_slot(s) for s in body if isinstance(s, dict)]
+
+    async def action(self, slot: int, action: str, filename: str | None = None) -> dict[str, Any]:
+        """POST /slots/{slot}?action=save|restore|erase; the reply, or SlotError with its message."""
+        payload = {"filename": filename} if filename is not None else {}
+        async with self.http.post(
+            f"{self.base}/slots/{slot}", params={"action": action}, json=payload, timeout=SLOT_IO_TIMEOUT
+        ) as r:
+            body = await _json(r)
+        if not isinstance(body, dict):
+            raise SlotError(f"{action} answered {str(body)[:200]}")
+        return body
+
+    async def metrics(self) -> dict[str, float] | None:
+        """llama-server's counters (it runs with --metrics), or None if it has none."""
+        try:
+            async with self.http.get(self.base + "/metrics", timeout=QUICK_TIMEOUT) as r:
+                if r.status != 200:
+                    return None
+                return parse_metrics(await r.text())
+        except (aiohttp.ClientError, TimeoutError):
+            return None
+
+
+async def _json(r: aiohttp.ClientResponse) -> Any:
+    try:
+        body = await r.json(content_type=None)
+    except ValueError as e:
+        raise SlotError(f"HTTP {r.status}: the reply is not JSON") from e
+    if r.status != 200:
+        err = body.get("error") if isinstance(body, dict) else None
+        msg = err.get("message") if isinstance(err, dict) else err
+        raise SlotError(f"HTTP {r.status}: {msg or body}")
+    return body
