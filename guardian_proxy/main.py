@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import click
 
 from guardian_proxy.app import ProxyServer
 from guardian_supervisor.daemon import load_or_exit, serve_until_signalled
+from shared import eventloop
 from shared.logs import setup_logging
 
 
@@ -23,4 +22,4 @@ def main(config_dir: str | None, log_level: str | None) -> None:
     """Run the Guardian proxy in the foreground (the supervisor must be running)."""
     config = load_or_exit(config_dir)
     setup_logging(log_level or config.settings.logging.level, config.settings.logging.format)
-    asyncio.run(serve_until_signalled(ProxyServer(config)))
+    eventloop.run(serve_until_signalled(ProxyServer(config)))

@@ -5,12 +5,11 @@ They still talk over the Unix socket, so this runs exactly the code paths of the
 
 from __future__ import annotations
 
-import asyncio
-
 import click
 
 from guardian_proxy.app import ProxyServer
 from guardian_supervisor.daemon import Supervisor, load_or_exit, serve_until_signalled, source_or_exit
+from shared import eventloop
 from shared.errors import GuardianError
 from shared.logs import setup_logging
 
@@ -29,7 +28,7 @@ def main(config_dir: str | None, log_level: str | None) -> None:
     setup_logging(log_level or config.settings.logging.level, config.settings.logging.format)
     sup = Supervisor(config, source_or_exit(config))
     try:
-        asyncio.run(serve_until_signalled(sup, ProxyServer(config)))
+        eventloop.run(serve_until_signalled(sup, ProxyServer(config)))
     except GuardianError as e:
         raise click.ClickException(e.message) from e
     finally:

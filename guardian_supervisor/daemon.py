@@ -27,6 +27,7 @@ from guardian_supervisor.rpc_server import Connection, RpcServer
 from guardian_supervisor.scheduler import Scheduler
 from guardian_supervisor.sessions import SessionManager
 from guardian_supervisor.vram import VramPlanner, own_pids_of
+from shared import eventloop
 from shared.config import Config, default_config_dir, load_config
 from shared.errors import Code, GuardianError
 from shared.logs import setup_logging
@@ -170,7 +171,7 @@ def main(config_dir: str | None, log_level: str | None) -> None:
     setup_logging(log_level or config.settings.logging.level, config.settings.logging.format)
     sup = Supervisor(config, source_or_exit(config))
     try:
-        asyncio.run(serve_until_signalled(sup))
+        eventloop.run(serve_until_signalled(sup))
     except GuardianError as e:
         raise click.ClickException(e.message) from e
     finally:
