@@ -163,3 +163,66 @@ def test_generated_openai_requests_never_500(fake_g, path, body):
     assert r.status_code < 500 or r.status_code == 503, (path, body, r.status_code, r.text)
     if r.status_code >= 400:
         assert isinstance(r.json()["error"]["message"], str)
+
+
+ollama_like = st.fixed_dictionaries(
+    {"model": st.sampled_from(["fa", "fe", "fa:latest", "nope", ""]) | json_values},
+    optional={
+        "messages": st.lists(
+            st.fixed_dictionaries(
+                {"role": st.sampled_from(["user", "system", "assistant", "tool"]) | json_values},
+                optional={"content": json_values, "images": json_values, "tool_calls": json_values},
+            ),
+            max_size=3,
+        )
+        | json_values,
+        "prompt": st.text(max_size=20) | json_values,
+        "stream": st.booleans() | json_values,
+        "options": st.dictionaries(
+            st.sampled_from(["num_predict", "temperature", "top_k", "stop", "num_ctx", "seed", "mirostat"]),
+            json_values,
+            max_size=3,
+        )
+        | json_values,
+        "keep_alive": st.sampled_from(["5m", "0", "10", -1, 0, "1h"]) | json_values,
+        "format": st.sampled_from(["json", ""]) | json_values,
+        "think": json_values,
+        "tools": json_values,
+        "input": json_values,
+        "raw": json_values,
+        "suffix": json_values,
+        "context": json_values,
+        "name": json_values,
+    },
+)
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    path=st.sampled_from(
+        [
+            "/api/chat",
+            "/api/generate",
+            "/api/embed",
+            "/api/embeddings",
+            "/api/show",
+            "/api/pull",
+            "/api/copy",
+            "/api/create",
+        ]
+    ),
+    body=ollama_like | json_values,
+)
+def test_generated_ollama_requests_never_500(fake_g, path, body):
+    g, _ = fake_g
+    r = httpx.post(g.url + path, json=body, timeout=20)  # a hang fails by timeout
+    assert r.status_code < 500 or r.status_code == 503, (path, body, r.status_code, r.text)
+    if r.status_code >= 400:
+        assert isinstance(r.json()["error"], str), r.text
+    elif r.headers.get("Content-Type", "").startswith("application/x-ndjson"):
+        lines = [json.loads(line) for line in r.text.splitlines() if line]
+        assert lines and "error" not in lines[-1], lines[-1:]
