@@ -19,6 +19,7 @@ import click
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
+from guardian_proxy.errors_http import is_openai, ollama_error, openai_error
 from guardian_proxy.keystore import KeyRecord, KeyStore
 from shared.errors import GuardianError
 
@@ -46,25 +47,11 @@ def keys_path(data_dir: Path | str) -> Path:
     return Path(data_dir) / KEYS_FILENAME
 
 
-def _is_openai(request: web.Request) -> bool:
-    return request.path == "/v1" or request.path.startswith("/v1/")
-
-
-# Private on purpose: routes will get a shared error module later; these only serve auth.
-def _openai_error(status: int, message: str, type_: str, code: str, param: str | None = None) -> web.Response:
-    body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
-    return web.json_response(body, status=status)
-
-
-def _ollama_error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
-
-
 def _unauthorized(request: web.Request, message: str) -> web.Response:
-    if _is_openai(request):
-        resp = _openai_error(401, message, "invalid_request_error", "invalid_api_key")
+    if is_openai(request):
+        resp = openai_error(401, message, "invalid_api_key")
     else:
-        resp = _ollama_error(401, message)
+        resp = ollama_error(401, message)
     resp.headers["WWW-Authenticate"] = 'Bearer realm="guardian"'
     return resp
 
@@ -139,10 +126,11 @@ def check_model_scope(request: web.Request, model: str) -> None:
     if record is None or record.allows(model):
         return
     message = f'key "{record.name}" may not use model "{model}"'
-    if _is_openai(request):
-        resp = _openai_error(403, message, "invalid_request_error", "model_not_allowed", "model")
+    if is_openai(request):
+        # The type this answer has always had, not the generic 403 permission_error.
+        resp = openai_error(403, message, "model_not_allowed", "model", type_="invalid_request_error")
     else:
-        resp = _ollama_error(403, message)
+        resp = ollama_error(403, message)
     raise web.HTTPForbidden(text=resp.text, content_type="application/json")
 
 

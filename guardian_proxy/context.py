@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 import aiohttp
 from aiohttp import web
 
-from guardian_proxy.auth import check_model_scope, keys_path
+from guardian_proxy.auth import keys_path
+from guardian_proxy.catalog import Catalog
 from guardian_proxy.keystore import KeyStore
 from guardian_proxy.supervisor_link import SupervisorLink
 from shared.config import Config
@@ -19,9 +20,11 @@ class ProxyContext:
     link: SupervisorLink
     session: aiohttp.ClientSession = field(init=False)
     keys: KeyStore = field(init=False)
+    catalog: Catalog = field(init=False)
 
     def __post_init__(self) -> None:
         self.keys = KeyStore(keys_path(self.config.data_dir))
+        self.catalog = Catalog(self.link)
 
     def auth_required(self) -> bool:
         """settings auth.required; unset means required as soon as any key exists."""
@@ -37,10 +40,6 @@ class ProxyContext:
         await self.keys.flush_async(force=True)
         await self.session.close()
         await self.link.close()
-
-    def check_scope(self, request: web.Request, model: str) -> None:
-        """Raise 403 in the API's shape when the caller's key may not use `model`."""
-        check_model_scope(request, model)
 
 
 CTX_KEY = web.AppKey("guardian_ctx", ProxyContext)

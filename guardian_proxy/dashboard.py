@@ -29,7 +29,13 @@ async def status_json(request: web.Request) -> web.Response:
 def create_app(pc: ProxyContext) -> web.Application:
     app = web.Application()
     app[CTX_KEY] = pc
-    aiohttp_jinja2.setup(app, loader=jinja2.PackageLoader("guardian_proxy", "templates"), autoescape=True)
+    # auto_reload off: otherwise jinja2 stats the template file on the loop at every render.
+    aiohttp_jinja2.setup(
+        app,
+        loader=jinja2.PackageLoader("guardian_proxy", "templates"),
+        autoescape=True,
+        auto_reload=False,
+    )
     app.router.add_get("/", index)
     app.router.add_get("/status.json", status_json)
     return app

@@ -18,6 +18,19 @@ _OPENAI_TYPES = {
 }
 
 
+# GuardianError codes whose OpenAI `code` differs from the lower-cased name.
+_OPENAI_CODES = {
+    Code.MODEL_NOT_FOUND: "model_not_found",
+    Code.DOES_NOT_FIT: "insufficient_memory",
+    Code.QUEUE_FULL: "queue_full",
+}
+
+
+def is_openai(request: web.Request) -> bool:
+    """Whether the request hit the OpenAI API (/v1/...), which answers errors in its own shape."""
+    return request.path == "/v1" or request.path.startswith("/v1/")
+
+
 def _headers(retry_after: int | None) -> dict[str, str] | None:
     return {"Retry-After": str(retry_after)} if retry_after else None
 
@@ -28,11 +41,12 @@ def openai_error(
     code: str | None = None,
     param: str | None = None,
     retry_after: int | None = None,
+    type_: str | None = None,
 ) -> web.Response:
     body = {
         "error": {
             "message": message,
-            "type": _OPENAI_TYPES.get(status, "server_error"),
+            "type": type_ or _OPENAI_TYPES.get(status, "server_error"),
             "param": param,
             "code": code,
         }
@@ -51,12 +65,13 @@ def ollama_error(status: int, message: str, retry_after: int | None = None) -> w
     )
 
 
+def api_error(request: web.Request, status: int, message: str) -> web.Response:
+    """An error in the shape of the API the request hit."""
+    return openai_error(status, message) if is_openai(request) else ollama_error(status, message)
+
+
 def openai_from(err: GuardianError) -> web.Response:
-    code = {
-        Code.MODEL_NOT_FOUND: "model_not_found",
-        Code.DOES_NOT_FIT: "insufficient_memory",
-        Code.QUEUE_FULL: "queue_full",
-    }.get(err.code, err.code.name.lower())
+    code = _OPENAI_CODES.get(err.code, err.code.name.lower())
     param = "model" if err.code is Code.MODEL_NOT_FOUND else None
     return openai_error(err.code.http_status, err.message, code, param, err.code.retry_after)
 

@@ -5,11 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from guardian_proxy.errors_http import ollama_error, openai_error
-
-
-def is_openai(request: web.Request) -> bool:
-    return request.path == "/v1" or request.path.startswith("/v1/")
+from guardian_proxy.errors_http import api_error
 
 
 def make_error_middleware(max_body_mb: float) -> Middleware:
@@ -28,8 +24,6 @@ def make_error_middleware(max_body_mb: float) -> Middleware:
                 message = f"request body is larger than the {max_body_mb:g} MiB limit (proxy.max_body_mb in settings.yaml)"
             else:
                 message = e.text or e.reason
-            if is_openai(request):
-                return openai_error(e.status, message)
-            return ollama_error(e.status, message)
+            return api_error(request, e.status, message)
 
     return api_errors

@@ -9,7 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from guardian_proxy import validate
-from guardian_proxy.auth import allowed_models
+from guardian_proxy.auth import allowed_models, check_model_scope
 from guardian_proxy.context import ProxyContext, ctx_of
 from guardian_proxy.errors_http import openai_error, openai_from
 from guardian_proxy.relay import UpstreamError, leased, pipe, upstream
@@ -33,6 +33,8 @@ async def read_json(request: web.Request) -> tuple[bytes, dict[str, Any]] | web.
 
 
 def make_relay(path: str, check: Callable[[dict[str, Any]], str | None]) -> Any:
+    embeddings = path == "/v1/embeddings"
+
     async def handler(request: web.Request) -> web.StreamResponse:
         parsed = await read_json(request)
         if isinstance(parsed, web.Response):
@@ -41,8 +43,8 @@ def make_relay(path: str, check: Callable[[dict[str, Any]], str | None]) -> Any:
         if (problem := check(payload)) is not None:
             return openai_error(400, problem)
         pc = ctx_of(request)
-        pc.check_scope(request, payload["model"])
-        if path == "/v1/embeddings" and (refusal := await _embeddings_refusal(pc, payload["model"])):
+        check_model_scope(request, payload["model"])
+        if embeddings and (refusal := await _embeddings_refusal(pc, payload["model"])):
             return refusal
         try:
             async with (
@@ -62,17 +64,16 @@ def make_relay(path: str, check: Callable[[dict[str, Any]], str | None]) -> Any:
 async def _embeddings_refusal(pc: ProxyContext, name: str) -> web.Response | None:
     """400 before loading anything when the model does not run with --embeddings."""
     try:
-        models = await pc.link.models()
+        entry = await pc.catalog.find(name)
     except GuardianError as e:
         return openai_from(e)
-    for m in models:
-        if name in (m["name"], m["canonical"], *m["aliases"]) and not m["embeddings"]:
-            return openai_error(
-                400,
-                f"model '{m['name']}' does not serve embeddings: set 'embeddings: true' for it in models.yaml",
-                "model_not_embedding",
-                "model",
-            )
+    if entry is not None and not entry.embeddings:
+        return openai_error(
+            400,
+            f"model '{entry.name}' does not serve embeddings: set 'embeddings: true' for it in models.yaml",
+            "model_not_embedding",
+            "model",
+        )
     return None
 
 

@@ -1,7 +1,7 @@
 """Relay a request to a llama-server and its answer back, chunk by chunk as it arrives.
 
-Nothing here buffers a stream: `pipe` writes each chunk the moment aiohttp has it, and
-`sse_events` hands each decoded event to a translator. A client that disconnects cancels the
+Nothing here buffers a stream: `pipe` writes each chunk the moment aiohttp has it (the
+Ollama routes translate theirs in `ollama_http.upstream`). A client that disconnects cancels the
 handler (handler_cancellation=True), which closes the upstream request.
 """
 
@@ -99,15 +99,3 @@ async def pipe(request: web.Request, up: aiohttp.ClientResponse, model: str) -> 
         )
     await resp.write_eof()
     return resp
-
-
-async def sse_events(up: aiohttp.ClientResponse) -> AsyncIterator[dict[str, Any]]:
-    """Decoded `data:` events of an SSE stream, until `[DONE]` or the end; comments skipped."""
-    async for raw in up.content:
-        if not raw.startswith(b"data:"):
-            continue  # blank separators, ": ping" comments, event: lines
-        data = raw[5:].strip()
-        if data == b"[DONE]":
-            return
-        if data:
-            yield json.loads(data)

@@ -17,91 +17,74 @@ from typing import Any
 
 from aiohttp import web
 
-from guardian_proxy.auth import allowed_models
+from guardian_proxy.auth import allowed_models, check_model_scope
 from guardian_proxy.context import ctx_of
-from guardian_proxy.errors_http import ollama_error, ollama_from
-from shared.errors import GuardianError
+from guardian_proxy.ollama import OllamaError
+from guardian_proxy.ollama_http.common import api
 
 PREFIX = "/guardian/sessions"
 
 
-async def _body(request: web.Request, optional: bool = False) -> dict[str, Any] | web.Response:
+async def _body(request: web.Request, optional: bool = False) -> dict[str, Any]:
     raw = await request.read()
     if optional and not raw.strip():
         return {}
     try:
         payload = json.loads(raw)
     except ValueError as e:
-        return ollama_error(400, f"request body is not valid JSON: {e}")
+        raise OllamaError(400, f"request body is not valid JSON: {e}") from None
     if not isinstance(payload, dict):
-        return ollama_error(400, "request body must be a JSON object")
+        raise OllamaError(400, "request body must be a JSON object")
     return payload
 
 
 async def _session(request: web.Request, name: str) -> dict[str, Any]:
     """The session NAME, after checking the caller's key may use its model (403 otherwise)."""
-    pc = ctx_of(request)
-    info: dict[str, Any] = await pc.link.call("sessions.info", {"name": name})
-    pc.check_scope(request, info["model"])
+    info: dict[str, Any] = await ctx_of(request).link.call("sessions.info", {"name": name})
+    check_model_scope(request, info["model"])
     return info
 
 
+@api
 async def list_sessions(request: web.Request) -> web.Response:
     params: dict[str, Any] = {"carry": request.query.get("carry") in ("1", "true", "yes")}
     if request.query.get("model"):
         params["model"] = request.query["model"]
-    try:
-        rows = await ctx_of(request).link.call("sessions.list", params)
-    except GuardianError as e:
-        return ollama_from(e)
+    rows = await ctx_of(request).link.call("sessions.list", params)
     allowed = set(allowed_models(request, {r["model"] for r in rows}))
     return web.json_response({"sessions": [r for r in rows if r["model"] in allowed]})
 
 
+@api
 async def save(request: web.Request) -> web.Response:
     body = await _body(request)
-    if isinstance(body, web.Response):
-        return body
     model = body.get("model")
     if not isinstance(model, str) or not model:
-        return ollama_error(400, "'model' is required: the loaded model whose conversation to save")
-    pc = ctx_of(request)
-    pc.check_scope(request, model)
+        raise OllamaError(400, "'model' is required: the loaded model whose conversation to save")
+    check_model_scope(request, model)
     params: dict[str, Any] = {k: body[k] for k in ("name", "model", "slot") if k in body}
-    try:
-        return web.json_response(await pc.link.call("sessions.save", params), status=201)
-    except GuardianError as e:
-        return ollama_from(e)
+    return web.json_response(await ctx_of(request).link.call("sessions.save", params), status=201)
 
 
+@api
 async def get_session(request: web.Request) -> web.Response:
-    try:
-        return web.json_response(await _session(request, request.match_info["name"]))
-    except GuardianError as e:
-        return ollama_from(e)
+    return web.json_response(await _session(request, request.match_info["name"]))
 
 
+@api
 async def restore(request: web.Request) -> web.Response:
     body = await _body(request, optional=True)
-    if isinstance(body, web.Response):
-        return body
     name = request.match_info["name"]
-    pc = ctx_of(request)
-    try:
-        await _session(request, name)
-        params: dict[str, Any] = {"name": name, **{k: body[k] for k in ("model", "slot") if k in body}}
-        return web.json_response(await pc.link.call("sessions.restore", params))
-    except GuardianError as e:
-        return ollama_from(e)
+    await _session(request, name)
+    params: dict[str, Any] = {"name": name, **{k: body[k] for k in ("model", "slot") if k in body}}
+    return web.json_response(await ctx_of(request).link.call("sessions.restore", params))
 
 
+@api
 async def delete(request: web.Request) -> web.Response:
     name = request.match_info["name"]
-    try:
-        await _session(request, name)
-        return web.json_response(await ctx_of(request).link.call("sessions.delete", {"name": name}))
-    except GuardianError as e:
-        return ollama_from(e)
+    await _session(request, name)
+    return web.json_response(await ctx_of(request).link.call("sessions.delete", {"name": name}))
 
 
 def add_routes(app: web.Application) -> None:

@@ -14,6 +14,8 @@ from typing import Any, Protocol
 
 import aiohttp
 
+from guardian_supervisor.launcher import llama_session
+
 FILLER = (
     "Guardian measures every model on its own hardware while nobody is using it. "
     "The quick brown fox jumps over the lazy dog; pack my box with five dozen liquor jugs. "
@@ -44,8 +46,7 @@ class HttpMeasurer:
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            # force_close: each server lives only for a cell; pooled connections would go stale.
-            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
+            self._session = llama_session()
         return self._session
 
     async def close(self) -> None:

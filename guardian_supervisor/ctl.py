@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import click
 
@@ -32,8 +33,10 @@ class Ctl:
             raise click.ClickException(f"cannot find the supervisor socket: {e}") from e
 
     def call(self, method: str, params: dict[str, Any] | None = None, timeout: float | None = None) -> Any:
+        """Call `method`; parameters set to None are left out (the supervisor's defaults apply)."""
+        given = {k: v for k, v in (params or {}).items() if v is not None}
         try:
-            return call_sync(self.socket, method, params, timeout)
+            return call_sync(self.socket, method, given, timeout)
         except GuardianError as e:
             click.echo(f"error: {e.message}", err=True)
             for line in e.data.get("log_tail", []) or []:
@@ -51,6 +54,11 @@ def emit(as_json: bool, data: Any, human: Any = None) -> None:
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+
+
+def ctl_command(fn: Callable[..., None]) -> Callable[..., None]:
+    """What every command takes: the Ctl object first, and --json (as `as_json`)."""
+    return cast(Callable[..., None], json_option(click.pass_obj(fn)))
 
 
 @click.group()
@@ -97,16 +105,14 @@ def _print_status(st: dict[str, Any]) -> None:
 
 
 @main.command()
-@json_option
-@click.pass_obj
+@ctl_command
 def status(ctl: Ctl, as_json: bool) -> None:
     """Every model's state, port, pid and exact argv."""
     emit(as_json, ctl.call("models.status"), _print_status)
 
 
 @main.command()
-@json_option
-@click.pass_obj
+@ctl_command
 def models(ctl: Ctl, as_json: bool) -> None:
     """The configured models."""
 
@@ -120,8 +126,7 @@ def models(ctl: Ctl, as_json: bool) -> None:
 
 @main.command()
 @click.argument("model")
-@json_option
-@click.pass_obj
+@ctl_command
 def load(ctl: Ctl, model: str, as_json: bool) -> None:
     """Load MODEL now (waits until it is ready)."""
     st = ctl.call("models.load", {"model": model})
@@ -131,8 +136,7 @@ def load(ctl: Ctl, model: str, as_json: bool) -> None:
 @main.command()
 @click.argument("model", required=False)
 @click.option("--all", "all_", is_flag=True, help="Unload every model.")
-@json_option
-@click.pass_obj
+@ctl_command
 def unload(ctl: Ctl, model: str | None, all_: bool, as_json: bool) -> None:
     """Unload MODEL (or --all) once its in-flight requests finish."""
     if bool(model) == all_:
@@ -142,8 +146,7 @@ def unload(ctl: Ctl, model: str | None, all_: bool, as_json: bool) -> None:
 
 
 @main.command()
-@json_option
-@click.pass_obj
+@ctl_command
 def reload(ctl: Ctl, as_json: bool) -> None:
     """Re-read settings.yaml and models.yaml; a bad file keeps the running configuration."""
     r = ctl.call("config.reload")
@@ -153,8 +156,7 @@ def reload(ctl: Ctl, as_json: bool) -> None:
 @main.command()
 @click.argument("model")
 @click.option("-n", "--lines", default=50, show_default=True)
-@json_option
-@click.pass_obj
+@ctl_command
 def logs(ctl: Ctl, model: str, lines: int, as_json: bool) -> None:
     """The last lines llama-server printed for MODEL."""
     emit(
@@ -169,11 +171,10 @@ def logs(ctl: Ctl, model: str, lines: int, as_json: bool) -> None:
 @click.option(
     "--ctx", type=int, default=None, help="Context per conversation (default: the model's context)."
 )
-@json_option
-@click.pass_obj
+@ctl_command
 def estimate(ctl: Ctl, model: str, ctx: int | None, as_json: bool) -> None:
     """Memory MODEL needs at a context, from its GGUF file; measured figures beside it."""
-    r = ctl.call("models.estimate", {"model": model, **({"ctx": ctx} if ctx else {})})
+    r = ctl.call("models.estimate", {"model": model, "ctx": ctx or None})
 
     def human(r: dict[str, Any]) -> None:
         e, m = r["estimate"], r["measured"] or {}
@@ -210,8 +211,7 @@ def keys() -> None:
 @click.argument("name")
 @click.option("--models", default=None, help="Comma-separated models this key may use (default: all).")
 @click.option("--expires", default=None, help="Lifetime like 30d, 12h, 90m, 2w, or an ISO date.")
-@json_option
-@click.pass_obj
+@ctl_command
 def keys_create(ctl: Ctl, name: str, models: str | None, expires: str | None, as_json: bool) -> None:
     """Create key NAME and print it once."""
     r = ctl.call(
@@ -225,8 +225,7 @@ def keys_create(ctl: Ctl, name: str, models: str | None, expires: str | None, as
 
 
 @keys.command("list")
-@json_option
-@click.pass_obj
+@ctl_command
 def keys_list(ctl: Ctl, as_json: bool) -> None:
     """Name, created, expiry, last use and scope of every key (never the secret)."""
 
@@ -243,8 +242,7 @@ def keys_list(ctl: Ctl, as_json: bool) -> None:
 
 @keys.command("revoke")
 @click.argument("name")
-@json_option
-@click.pass_obj
+@ctl_command
 def keys_revoke(ctl: Ctl, name: str, as_json: bool) -> None:
     """Revoke key NAME (takes effect within a second)."""
     ok = ctl.call("keys.revoke", {"name": name})

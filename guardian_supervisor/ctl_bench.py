@@ -116,7 +116,7 @@ def _print_optimizer(rows: list[dict[str, Any]]) -> None:
 
 
 def register(main: click.Group) -> None:
-    from guardian_supervisor.ctl import Ctl, emit, json_option
+    from guardian_supervisor.ctl import Ctl, ctl_command, emit
 
     def follow(ctl: Ctl, st: dict[str, Any], as_json: bool) -> dict[str, Any]:
         """Poll bench.status with a progress bar (on stderr with --json) until the run ends."""
@@ -150,8 +150,7 @@ def register(main: click.Group) -> None:
     @click.argument("models", nargs=-1)
     @click.option("--new", is_flag=True, help="Start over instead of continuing an unfinished run.")
     @click.option("--wait", is_flag=True, help="Follow the run with a progress bar until it ends.")
-    @json_option
-    @click.pass_obj
+    @ctl_command
     def bench_run(ctl: Ctl, models: tuple[str, ...], new: bool, wait: bool, as_json: bool) -> None:
         """Start a run over MODELS (default: all in models.yaml) and return; --wait to follow it."""
         st = ctl.call("bench.run", {"models": list(models) or None, "new": new})
@@ -164,15 +163,13 @@ def register(main: click.Group) -> None:
         )
 
     @bench.command("status")
-    @json_option
-    @click.pass_obj
+    @ctl_command
     def bench_status(ctl: Ctl, as_json: bool) -> None:
         """The current or last run and every cell's figures."""
         emit(as_json, ctl.call("bench.status"), _print_bench_status)
 
     @bench.command("stop")
-    @json_option
-    @click.pass_obj
+    @ctl_command
     def bench_stop(ctl: Ctl, as_json: bool) -> None:
         """Stop the run now; finished cells are kept and 'bench run' continues it."""
         st = ctl.call("bench.stop")
@@ -180,34 +177,30 @@ def register(main: click.Group) -> None:
 
     @bench.command("records")
     @click.argument("model", required=False)
-    @json_option
-    @click.pass_obj
+    @ctl_command
     def bench_records(ctl: Ctl, model: str | None, as_json: bool) -> None:
         """Best prompt and generation speeds per model, with the settings that won."""
-        emit(as_json, ctl.call("bench.records", {"model": model} if model else {}), _print_records)
+        emit(as_json, ctl.call("bench.records", {"model": model or None}), _print_records)
 
     @main.group("maintenance")
     def maintenance() -> None:
         """The maintenance window: services stopped while the benchmark runs."""
 
     @maintenance.command("status")
-    @json_option
-    @click.pass_obj
+    @ctl_command
     def maintenance_status(ctl: Ctl, as_json: bool) -> None:
         """Whether Guardian is in maintenance, the window, and what it would do now."""
         emit(as_json, ctl.call("maintenance.status"), _print_maintenance)
 
     @maintenance.command("start")
-    @json_option
-    @click.pass_obj
+    @ctl_command
     def maintenance_start(ctl: Ctl, as_json: bool) -> None:
         """Enter maintenance now: stop the services and start the benchmark suite."""
         st = ctl.call("maintenance.start", timeout=600)
         emit(as_json, st, _print_maintenance)
 
     @maintenance.command("stop")
-    @json_option
-    @click.pass_obj
+    @ctl_command
     def maintenance_stop(ctl: Ctl, as_json: bool) -> None:
         """Leave maintenance now: stop the run and start the services again."""
         st = ctl.call("maintenance.stop", timeout=600)
@@ -219,17 +212,15 @@ def register(main: click.Group) -> None:
 
     @optimizer.command("show")
     @click.argument("model", required=False)
-    @json_option
-    @click.pass_obj
+    @ctl_command
     def optimizer_show(ctl: Ctl, model: str | None, as_json: bool) -> None:
         """Each learned value, why, and the benchmark result it came from."""
-        emit(as_json, ctl.call("optimizer.show", {"model": model} if model else {}), _print_optimizer)
+        emit(as_json, ctl.call("optimizer.show", {"model": model or None}), _print_optimizer)
 
     @optimizer.command("reset")
     @click.argument("model", required=False)
-    @json_option
-    @click.pass_obj
+    @ctl_command
     def optimizer_reset(ctl: Ctl, model: str | None, as_json: bool) -> None:
         """Forget what was learned for MODEL (default: every model)."""
-        r = ctl.call("optimizer.reset", {"model": model} if model else {})
+        r = ctl.call("optimizer.reset", {"model": model or None})
         emit(as_json, r, "reset: " + ", ".join(r["reset"]))

@@ -27,7 +27,7 @@ def _print_list(rows: list[dict[str, Any]]) -> None:
 
 
 def register(main: click.Group) -> None:
-    from guardian_supervisor.ctl import Ctl, emit, json_option
+    from guardian_supervisor.ctl import Ctl, ctl_command, emit
 
     @main.group("session")
     def session() -> None:
@@ -37,14 +37,10 @@ def register(main: click.Group) -> None:
     @click.argument("name")
     @click.option("--model", "-m", required=True, help="The loaded model whose conversation to save.")
     @click.option("--slot", type=int, default=None, help="Slot to save (default: the one used last).")
-    @json_option
-    @click.pass_obj
+    @ctl_command
     def save(ctl: Ctl, name: str, model: str, slot: int | None, as_json: bool) -> None:
         """Save MODEL's conversation as session NAME (replaces an existing NAME)."""
-        params: dict[str, Any] = {"name": name, "model": model}
-        if slot is not None:
-            params["slot"] = slot
-        r = ctl.call("sessions.save", params)
+        r = ctl.call("sessions.save", {"name": name, "model": model, "slot": slot})
         emit(
             as_json,
             r,
@@ -56,16 +52,10 @@ def register(main: click.Group) -> None:
     @click.argument("name")
     @click.option("--model", "-m", default=None, help="Refuse unless the session belongs to this model.")
     @click.option("--slot", type=int, default=None, help="Slot to restore into (default: the saved one).")
-    @json_option
-    @click.pass_obj
+    @ctl_command
     def restore(ctl: Ctl, name: str, model: str | None, slot: int | None, as_json: bool) -> None:
         """Restore session NAME into its model, loading the model if needed."""
-        params: dict[str, Any] = {"name": name}
-        if model is not None:
-            params["model"] = model
-        if slot is not None:
-            params["slot"] = slot
-        r = ctl.call("sessions.restore", params)
+        r = ctl.call("sessions.restore", {"name": name, "model": model, "slot": slot})
         loaded = " (loaded the model first)" if r.get("loaded_model") else ""
         # "unknown" is normal for a freshly started server; "mismatch" is llama-server's restore bug.
         note = (
@@ -83,19 +73,14 @@ def register(main: click.Group) -> None:
     @session.command("list")
     @click.option("--model", "-m", default=None, help="Only this model's sessions.")
     @click.option("--carry", is_flag=True, help="Include the carry-over files kept across swaps.")
-    @json_option
-    @click.pass_obj
+    @ctl_command
     def list_(ctl: Ctl, model: str | None, carry: bool, as_json: bool) -> None:
         """Saved sessions, least recently used first."""
-        params: dict[str, Any] = {"carry": carry}
-        if model is not None:
-            params["model"] = model
-        emit(as_json, ctl.call("sessions.list", params), _print_list)
+        emit(as_json, ctl.call("sessions.list", {"carry": carry, "model": model}), _print_list)
 
     @session.command("delete")
     @click.argument("name")
-    @json_option
-    @click.pass_obj
+    @ctl_command
     def delete(ctl: Ctl, name: str, as_json: bool) -> None:
         """Delete session NAME."""
         r = ctl.call("sessions.delete", {"name": name})

@@ -7,6 +7,7 @@ import contextlib
 import os
 import signal
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -155,24 +156,34 @@ def load_or_exit(config_dir: str | None) -> Config:
         raise click.ClickException(f"configuration error: {e}") from e
 
 
-@click.command()
-@click.option(
+def run_foreground(config_dir: str | None, log_level: str | None, *others: Callable[[Config], Any]) -> None:
+    """Run the supervisor, plus a runner made by each of `others` from the configuration,
+    until SIGINT/SIGTERM; however it ends, no llama-server outlives it."""
+    config = load_or_exit(config_dir)
+    setup_logging(log_level or config.settings.logging.level, config.settings.logging.format)
+    sup = Supervisor(config, source_or_exit(config))
+    try:
+        eventloop.run(serve_until_signalled(sup, *(make(config) for make in others)))
+    except GuardianError as e:
+        raise click.ClickException(e.message) from e
+    finally:
+        sup.scheduler.kill_all_now()
+
+
+config_dir_option = click.option(
     "--config-dir",
     envvar="GUARDIAN_CONFIG_DIR",
     default=None,
     help="Directory with settings.yaml and models.yaml (default: ./etc).",
 )
-@click.option(
+log_level_option = click.option(
     "--log-level", default=None, help="debug, info, warning or error (default: settings.yaml logging.level)."
 )
+
+
+@click.command()
+@config_dir_option
+@log_level_option
 def main(config_dir: str | None, log_level: str | None) -> None:
     """Run the Guardian supervisor in the foreground."""
-    config = load_or_exit(config_dir)
-    setup_logging(log_level or config.settings.logging.level, config.settings.logging.format)
-    sup = Supervisor(config, source_or_exit(config))
-    try:
-        eventloop.run(serve_until_signalled(sup))
-    except GuardianError as e:
-        raise click.ClickException(e.message) from e
-    finally:
-        sup.scheduler.kill_all_now()
+    run_foreground(config_dir, log_level)

@@ -167,6 +167,12 @@ class Child:
         self._signal(signal.SIGKILL)
 
 
+def llama_session() -> aiohttp.ClientSession:
+    """HTTP to Guardian's own llama-servers. No keep-alive: a port may belong to a different
+    server after the next swap, so a pooled connection could go stale or reach the wrong one."""
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
+
+
 async def wait_ready(
     child: Child, base_url: str, session: aiohttp.ClientSession, timeout_s: float, poll_s: float
 ) -> None:

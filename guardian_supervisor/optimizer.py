@@ -27,6 +27,8 @@ from typing import Any
 import aiohttp
 import structlog
 
+from guardian_supervisor.launcher import llama_session
+from guardian_supervisor.runtime import Profile
 from shared.atomic import read_json, write_json_atomic
 from shared.config import ModelConfig, OptimizerSettings
 
@@ -37,8 +39,6 @@ NEAR = 0.03  # speeds this close count as equal (measurement noise)
 SAMPLE_WINDOW = 200  # the most recent conversation lengths that count
 SEEN_KEEP = 64
 POLL_S = 1.0
-
-Profile = tuple[tuple[str, int], ...]
 
 
 @dataclass(frozen=True)
@@ -284,7 +284,7 @@ class Optimizer:
 
     async def _get_json(self, url: str) -> Any:
         if self._http is None:
-            self._http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
+            self._http = llama_session()
         async with self._http.get(url, timeout=aiohttp.ClientTimeout(total=3)) as r:
             if r.status != 200:
                 raise ValueError(f"GET {url} answered {r.status}")

@@ -16,7 +16,7 @@ import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 import structlog
 
@@ -55,7 +55,7 @@ class RpcServer:
         self._server = await asyncio.start_unix_server(
             self._serve, path=str(self.socket_path), limit=LINE_LIMIT
         )
-        os.chmod(self.socket_path, 0o660)
+        await asyncio.to_thread(os.chmod, self.socket_path, 0o660)
 
     def _prepare_socket_path(self) -> None:
         self.socket_path.parent.mkdir(parents=True, exist_ok=True)
@@ -148,6 +148,14 @@ class RpcServer:
             writer.write(encode(reply))
 
 
+@overload
+def params_str(params: dict[str, Any], key: str, *, required: Literal[True] = True) -> str: ...
+
+
+@overload
+def params_str(params: dict[str, Any], key: str, *, required: bool) -> str | None: ...
+
+
 def params_str(params: dict[str, Any], key: str, *, required: bool = True) -> str | None:
     """Read a string parameter or raise INVALID_PARAMS naming it."""
     value = params.get(key)
@@ -155,4 +163,22 @@ def params_str(params: dict[str, Any], key: str, *, required: bool = True) -> st
         return None
     if not isinstance(value, str) or not value:
         raise GuardianError(Code.INVALID_PARAMS, f"parameter '{key}' must be a non-empty string")
+    return value
+
+
+@overload
+def params_int(params: dict[str, Any], key: str, default: int) -> int: ...
+
+
+@overload
+def params_int(params: dict[str, Any], key: str, default: None = None) -> int | None: ...
+
+
+def params_int(params: dict[str, Any], key: str, default: int | None = None) -> int | None:
+    """Read a non-negative integer parameter (absent: `default`) or raise INVALID_PARAMS naming it."""
+    value = params.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise GuardianError(Code.INVALID_PARAMS, f"parameter '{key}' must be a non-negative integer")
     return value

@@ -21,6 +21,9 @@ from shared.config import ModelConfig
 log = structlog.get_logger("runtime")
 
 
+Profile = tuple[tuple[str, int], ...]  # launch overrides, sorted: (("batch_size", 512), ...)
+
+
 class State(enum.StrEnum):
     STOPPED = "STOPPED"
     STARTING = "STARTING"
@@ -56,7 +59,7 @@ class ModelRuntime:
     port: int | None = None
     argv: list[str] = field(default_factory=list)
     ctx: int | None = None  # context per slot the running server was started with
-    profile: tuple[tuple[str, int], ...] = ()  # launch overrides it was started with (benchmarks)
+    profile: Profile = ()  # launch overrides it was started with (benchmarks)
     internal: bool = False  # launched for Guardian's own work (a benchmark cell), not for users
     inflight: int = 0
     last_used: float = 0.0  # monotonic; 0 = never

@@ -25,8 +25,8 @@ import aiohttp
 import structlog
 
 from guardian_supervisor.argv import Placement, build_argv, check_model
-from guardian_supervisor.launcher import Child, LoadError, wait_ready
-from guardian_supervisor.runtime import Lease, ModelRuntime, State
+from guardian_supervisor.launcher import Child, LoadError, llama_session, wait_ready
+from guardian_supervisor.runtime import Lease, ModelRuntime, Profile, State
 from shared.config import Config, ModelConfig, resolve_model, timeouts_for
 from shared.durations import parse_keep_alive
 from shared.errors import Code, GuardianError
@@ -62,7 +62,6 @@ class Refuse:
 PlanResult = Go | Wait | Refuse
 
 
-Profile = tuple[tuple[str, int], ...]  # launch overrides, sorted: (("batch_size", 512), ...)
 PROFILE_KEYS = ("batch_size", "ubatch_size")
 
 
@@ -108,6 +107,8 @@ class Planner(Protocol):
         self, target: ModelRuntime, ctx: int, residents: list[ModelRuntime], profile: Profile = ()
     ) -> PlanResult: ...
 
+    async def before_stop(self, rt: ModelRuntime) -> None: ...
+
     async def after_stop(self, stopped: ModelRuntime) -> None: ...
 
     def after_ready(self, rt: ModelRuntime, ctx: int) -> None: ...
@@ -140,6 +141,7 @@ class Scheduler:
         self._lease_ids = itertools.count(1)
         self._transition: asyncio.Task[None] | None = None
         self._blocked: dict[str, float] = {}  # model → since when a waiting swap needs it drained
+        self._unloading: set[str] = set()  # models an unload is draining: no new leases
         self._parked = False  # last plan said Wait: re-plan only after a release or exit
         self._decide_scheduled = False
         self._closing = False
@@ -195,6 +197,7 @@ class Scheduler:
                 self.queue.remove(waiter)
             if waiter.future.done() and not waiter.future.cancelled() and waiter.future.exception() is None:
                 self.release(waiter.future.result().id)  # granted just as the caller gave up
+            self._kick()  # it may have been the swap that held other models' requests back
             raise
         return lease, rt
 
@@ -226,7 +229,7 @@ class Scheduler:
         rt = self.runtimes[self.resolve(name).name]
         if not rt.resident and rt.state is not State.FAILED:
             return False
-        self._blocked.setdefault(rt.name, 0.0)  # admit no new requests: drain now
+        self._unloading.add(rt.name)  # admit no new requests: drain now
         try:
             while rt.inflight > 0:
                 rt.drained.clear()
@@ -236,7 +239,7 @@ class Scheduler:
             if rt.state in (State.READY, State.STARTING, State.FAILED):
                 await self._stop(rt, reason)
         finally:
-            self._blocked.pop(rt.name, None)
+            self._unloading.discard(rt.name)
             self._parked = False
             self._kick()
         return True
@@ -301,7 +304,7 @@ class Scheduler:
     # ---- decisions ----------------------------------------------------------------------
 
     def _admissible(self, rt: ModelRuntime, want: Want) -> bool:
-        if rt.state is not State.READY or not want.met_by(rt):
+        if rt.state is not State.READY or not want.met_by(rt) or rt.name in self._unloading:
             return False
         since = self._blocked.get(rt.name)
         # A swap waiting on this model: keep serving it for a short fairness window, then drain.
@@ -320,10 +323,21 @@ class Scheduler:
             self._decide_scheduled = True
             asyncio.get_running_loop().call_soon(self._decide)
 
+    def _needs_transition(self, w: Waiter) -> bool:
+        """Its model must be started or relaunched: not up and suitable, nor on its way down."""
+        rt = self.runtimes.get(w.model)
+        if rt is None or w.future.done() or rt.state is State.STOPPING:
+            return False
+        return not (rt.state is State.READY and w.want.met_by(rt))
+
     def _decide(self) -> None:
         self._decide_scheduled = False
         if self._closing:
             return
+        if not any(self._needs_transition(w) for w in self.queue):
+            # No swap waits any more (served, failed or gone): what it asked to drain serves again.
+            self._blocked.clear()
+            self._parked = False
         for w in list(self.queue):  # grant everything that can run now
             if w.future.done():
                 self.queue.remove(w)
@@ -340,9 +354,9 @@ class Scheduler:
         # The oldest waiter whose model needs a transition decides the next one (FIFO across
         # models). Waiters of a model that is up but draining, or stopping, just wait.
         for w in self.queue:
-            rt = self.runtimes[w.model]
-            if rt.state is State.STOPPING or (rt.state is State.READY and w.want.met_by(rt)):
+            if not self._needs_transition(w):
                 continue
+            rt = self.runtimes[w.model]
             ctx = max((x.want.ctx or 0) for x in self.queue if x.model == rt.name) or None
             self._transition = asyncio.create_task(self._bring_up(rt, Want(ctx, w.want.profile, w.want.user)))
             return
@@ -356,6 +370,7 @@ class Scheduler:
                     self._blocked.setdefault(rt.name, time.monotonic())
                     self._parked = True
                     return
+                self._blocked.pop(rt.name, None)  # drained: relaunched, it serves everyone again
                 await self._stop(
                     rt, f"reload with context {want.ctx or rt.ctx} and settings {dict(want.profile or ())}"
                 )
@@ -432,7 +447,7 @@ class Scheduler:
         backend_name = self.config.backend_name(cfg)
         backend = settings.backends[backend_name]
         problem = check_model(cfg, backend)
-        binary = resolve_binary(backend.binary)
+        binary = await asyncio.to_thread(resolve_binary, backend.binary)  # stats the filesystem
         if problem is None and binary is None:
             problem = (
                 f"model '{cfg.name}': backend '{backend_name}' binary {backend.binary!r} was not found or is not executable; "
@@ -531,6 +546,8 @@ class Scheduler:
         if was_serving:
             await self._run_hooks("model_stopping", rt, reason)
         if child is not None:
+            if child.returncode is None:
+                await self.planner.before_stop(rt)
             await child.stop(self.config.settings.supervisor.stop_grace_s)
         if rt.state is State.STOPPING:
             rt.set_state(State.STOPPED, f"exited with status {child.returncode if child else None}")
@@ -566,7 +583,7 @@ class Scheduler:
 
     def _session(self) -> aiohttp.ClientSession:
         if self._http is None:
-            self._http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
+            self._http = llama_session()
         return self._http
 
     # ---- idle unload (keep_alive) -------------------------------------------------------

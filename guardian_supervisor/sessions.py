@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import structlog
 
+from guardian_supervisor.launcher import llama_session
 from guardian_supervisor.runtime import ModelRuntime, State
 from guardian_supervisor.sessions_check import (
     SLOT_ERRORS,
@@ -337,8 +338,7 @@ class SessionManager:
 
     def _client(self, rt: ModelRuntime) -> SlotClient:
         if self._http is None:
-            # No keep-alive: a port may belong to a different server after the next swap.
-            self._http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
+            self._http = llama_session()
         return SlotClient(self._http, f"http://127.0.0.1:{rt.port}")
 
     def _lock(self, model: str) -> asyncio.Lock:
@@ -363,4 +363,4 @@ def _check_slot(slot: int | None, cfg: ModelConfig) -> None:
 def _internal(rt: ModelRuntime) -> bool:
     """A server Guardian started for its own work (a benchmark cell): its slots hold no
     user's conversation, and must not overwrite the carried one."""
-    return bool(getattr(rt, "internal", False))
+    return rt.internal

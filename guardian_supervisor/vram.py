@@ -22,7 +22,7 @@ from guardian_supervisor.argv import Placement
 from guardian_supervisor.estimate import Estimate, Measured, estimate, is_host_buffer, parse_buffer_lines
 from guardian_supervisor.gguf_info import GGUFError, ModelInfo, read_model_info
 from guardian_supervisor.gpus import GpuSource, Inventory, recovery_target, wait_for_release
-from guardian_supervisor.runtime import ModelRuntime
+from guardian_supervisor.runtime import ModelRuntime, Profile
 from guardian_supervisor.scheduler import Go, PlanResult, Refuse, Wait
 from shared.atomic import read_json, write_json_atomic
 from shared.config import Config, ModelConfig
@@ -110,8 +110,10 @@ class VramPlanner:
         self.source = source
         self._own_pids = own_pids
         self.placed: dict[str, Placed] = {}
+        self._before_stop: dict[str, Inventory] = {}  # NVML snapshot taken just before a stop
         self._info: dict[tuple[str, float], ModelInfo] = {}
         self._measured: dict[str, Any] | None = None
+        self._saving: set[asyncio.Task[None]] = set()  # the loop keeps only weak task references
 
     @property
     def config(self) -> Config:
@@ -122,7 +124,7 @@ class VramPlanner:
         return self.config.data_dir / "measured.json"
 
     async def info(self, model: ModelConfig) -> ModelInfo:
-        key = (str(model.path), model.path.stat().st_mtime)
+        key = (str(model.path), (await asyncio.to_thread(model.path.stat)).st_mtime)
         if key not in self._info:
             self._info[key] = await asyncio.to_thread(read_model_info, model.path)
         return self._info[key]
@@ -159,7 +161,7 @@ class VramPlanner:
         target: ModelRuntime,
         ctx: int,
         residents: list[ModelRuntime],
-        profile: tuple[tuple[str, int], ...] = (),
+        profile: Profile = (),
     ) -> PlanResult:
         overrides: dict[str, Any] = dict(profile)
         model = replace(target.config, **overrides)  # batch sizes change the compute buffer
@@ -215,16 +217,23 @@ class VramPlanner:
         log.info("placed", model=model.name, ctx=ctx, evict=decision.evict, **info, ngl=decision.n_gpu_layers)
         return Go(evict=decision.evict, placement=placement, info=info, env=env)
 
+    async def before_stop(self, rt: ModelRuntime) -> None:
+        """On real GPUs, note free memory while the server still holds it: the baseline the
+        wait after the stop measures recovery against."""
+        placed = self.placed.get(rt.name)
+        if placed is not None and placed.gpus:
+            inv = await self.snapshot()
+            if inv.mode == "nvml":
+                self._before_stop[rt.name] = inv
+
     async def after_stop(self, stopped: ModelRuntime) -> None:
         """Forget the placement; on real GPUs wait (bounded) until NVML shows the memory back."""
         placed = self.placed.pop(stopped.name, None)
-        if placed is None or not placed.gpus:
-            return
-        inv = await self.snapshot()
-        if inv.mode != "nvml":
-            return
+        baseline = self._before_stop.pop(stopped.name, None)
+        if placed is None or not placed.gpus or baseline is None:
+            return  # not on real GPUs, or the server was already gone (nothing to wait for)
         held = sum(placed.per_gpu_bytes.values())
-        target = recovery_target(inv, placed.gpus, held)
+        target = recovery_target(baseline, placed.gpus, held)
         ok = await wait_for_release(
             self.source,
             placed.gpus,
@@ -252,7 +261,9 @@ class VramPlanner:
             "source": meas.source,
             "at": time.time(),
         }
-        asyncio.get_running_loop().create_task(self._save_measured(rt.config, ctx, record))
+        task = asyncio.get_running_loop().create_task(self._save_measured(rt.config, ctx, record))
+        self._saving.add(task)
+        task.add_done_callback(self._saving.discard)
 
     async def _save_measured(self, model: ModelConfig, ctx: int, record: dict[str, Any]) -> None:
         store = await self.measured()

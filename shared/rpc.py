@@ -62,7 +62,7 @@ class AsyncRpcClient:
         self._orphans: dict[int, str] = {}
         self.connect_timeout = connect_timeout
         self._ids = itertools.count(1)
-        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._pending: dict[int, tuple[asyncio.Future[Any], str]] = {}  # id → (future, method)
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self._connect_lock = asyncio.Lock()
@@ -92,15 +92,15 @@ class AsyncRpcClient:
         try:
             while line := await reader.readline():
                 msg = json.loads(line)
-                fut = self._pending.pop(msg.get("id"), None)
-                if fut is not None and not fut.done():
-                    fut.set_result(msg)
-                elif (
-                    (method := self._orphans.pop(msg.get("id"), None))
-                    and self.on_orphan
-                    and msg.get("result") is not None
-                ):
-                    self.on_orphan(method, msg["result"])
+                req_id = msg.get("id")
+                if (pending := self._pending.pop(req_id, None)) is not None:
+                    fut, method = pending
+                    if not fut.done():
+                        fut.set_result(msg)
+                    else:  # its caller was cancelled and has not run its cleanup yet
+                        self._orphaned(method, msg)
+                elif late := self._orphans.pop(req_id, None):
+                    self._orphaned(late, msg)
         except (OSError, ValueError, asyncio.IncompleteReadError):
             pass
         finally:
@@ -110,21 +110,28 @@ class AsyncRpcClient:
             lost = GuardianError(
                 Code.UNAVAILABLE, "lost the connection to guardian-supervisor; retry shortly"
             )
-            for fut in self._pending.values():
+            for fut, _ in self._pending.values():
                 if not fut.done():
                     fut.set_exception(lost)
             self._pending.clear()
+
+    def _orphaned(self, method: str, msg: dict[str, Any]) -> None:
+        if self.on_orphan and msg.get("result") is not None:
+            self.on_orphan(method, msg["result"])
 
     async def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
         writer = await self._ensure()
         req_id = next(self._ids)
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending[req_id] = fut
+        self._pending[req_id] = (fut, method)
         try:
             writer.write(request(method, params, req_id))
             return _result(await fut)
         except asyncio.CancelledError:
-            if not writer.is_closing():
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                # The answer had already arrived when the caller gave up: undo it right here.
+                self._orphaned(method, fut.result())
+            elif req_id in self._pending and not writer.is_closing():  # else already answered
                 self._orphans[req_id] = method
                 writer.write(request("$/cancel", {"id": req_id}, None))
             raise

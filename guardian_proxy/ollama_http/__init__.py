@@ -9,7 +9,6 @@ from aiohttp import web
 
 from guardian_proxy.context import ProxyContext
 from guardian_proxy.ollama_http import embed, generation, models
-from guardian_proxy.ollama_http.catalog import CATALOG_KEY, Catalog
 from guardian_proxy.ollama_http.common import api
 from guardian_proxy.ollama_http.cors import make_cors_middleware, on_prepare
 
@@ -17,7 +16,6 @@ __all__ = ["add_routes", "make_cors_middleware", "on_prepare"]
 
 
 def add_routes(app: web.Application, pc: ProxyContext, version: str) -> None:
-    app[CATALOG_KEY] = Catalog(pc.link)
     mgmt = models.Management(pc.config.config_dir / "models.yaml")
     r = app.router
     r.add_get("/api/version", models.version_handler(version))  # GET also answers HEAD

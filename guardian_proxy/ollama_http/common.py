@@ -10,9 +10,10 @@ from typing import Any
 from aiohttp import web
 
 from guardian_proxy.auth import allowed_models, check_model_scope
+from guardian_proxy.catalog import Catalog, Entry
+from guardian_proxy.context import ctx_of
 from guardian_proxy.errors_http import ollama_error, ollama_from
 from guardian_proxy.ollama import OllamaError, json_bytes, model_not_found
-from guardian_proxy.ollama_http.catalog import CATALOG_KEY, Catalog, Entry
 from guardian_proxy.relay import UpstreamError
 from shared.errors import GuardianError
 
@@ -66,7 +67,7 @@ async def read_body(request: web.Request) -> dict[str, Any]:
 
 
 def catalog_of(request: web.Request) -> Catalog:
-    return request.app[CATALOG_KEY]
+    return ctx_of(request).catalog
 
 
 async def resolve(request: web.Request, name: str) -> Entry:

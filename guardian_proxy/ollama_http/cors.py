@@ -16,8 +16,7 @@ import re
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from guardian_proxy.errors_http import ollama_error, openai_error
-from guardian_proxy.middleware import is_openai
+from guardian_proxy.errors_http import api_error
 
 _DEFAULT = [
     f"{scheme}://{host}{port}"
@@ -76,7 +75,7 @@ def make_cors_middleware(origins: re.Pattern[str] | None = None) -> Middleware:
             return await handler(request)  # not a browser, or same origin: not a CORS request
         if not allowed.fullmatch(origin):
             message = f"origin {origin} is not allowed (set OLLAMA_ORIGINS to allow it)"
-            return openai_error(403, message) if is_openai(request) else ollama_error(403, message)
+            return api_error(request, 403, message)
         request[_ORIGIN] = origin
         if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
             return web.Response(

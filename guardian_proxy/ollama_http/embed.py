@@ -10,6 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
+from guardian_proxy.catalog import Entry
 from guardian_proxy.context import ProxyContext, ctx_of
 from guardian_proxy.ollama import (
     OllamaError,
@@ -19,7 +20,6 @@ from guardian_proxy.ollama import (
     legacy_embeddings_response,
 )
 from guardian_proxy.ollama.embed import EMBED_ENDPOINT
-from guardian_proxy.ollama_http.catalog import Entry
 from guardian_proxy.ollama_http.common import api, json_response, read_body, resolve
 from guardian_proxy.ollama_http.upstream import post_json
 from guardian_proxy.relay import leased

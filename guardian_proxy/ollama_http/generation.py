@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from guardian_proxy.catalog import Entry
 from guardian_proxy.context import ProxyContext, ctx_of
 from guardian_proxy.ollama import (
     GeneratePlan,
@@ -26,7 +27,6 @@ from guardian_proxy.ollama import (
     think_enabled,
     unsupported_capability,
 )
-from guardian_proxy.ollama_http.catalog import Entry
 from guardian_proxy.ollama_http.common import api, json_response, read_body, resolve
 from guardian_proxy.ollama_http.upstream import (
     check_status,

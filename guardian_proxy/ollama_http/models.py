@@ -13,10 +13,10 @@ from typing import Any
 
 from aiohttp import web
 
+from guardian_proxy.catalog import Entry
 from guardian_proxy.context import ctx_of
 from guardian_proxy.ollama import OllamaError, format_rfc3339_nano, json_bytes, ndjson_line, require_model
 from guardian_proxy.ollama.fields import get_bool
-from guardian_proxy.ollama_http.catalog import Entry
 from guardian_proxy.ollama_http.common import (
     Handler,
     api,

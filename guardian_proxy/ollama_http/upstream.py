@@ -10,9 +10,9 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from guardian_proxy.catalog import Entry
 from guardian_proxy.context import ProxyContext
 from guardian_proxy.ollama import OllamaError, error_line, json_bytes, ndjson_line, upstream_error
-from guardian_proxy.ollama_http.catalog import Entry
 from guardian_proxy.ollama_http.common import NDJSON_HEADERS
 from guardian_proxy.relay import leased, upstream
 from guardian_proxy.supervisor_link import Lease

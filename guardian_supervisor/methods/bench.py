@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-from guardian_supervisor.rpc_server import Connection, RpcServer, params_str
+from guardian_supervisor.rpc_server import Connection, RpcServer, params_int, params_str
 from shared.errors import Code, GuardianError
 
 if TYPE_CHECKING:
@@ -46,7 +46,7 @@ def register(server: RpcServer, sup: Supervisor) -> None:
         record events (old and new figures): {model?, limit?}."""
         model = params_str(params, "model", required=False)
         name = sup.scheduler.resolve(model).name if model else None
-        return bench().records_view(name, int(params.get("limit", 50)))
+        return bench().records_view(name, params_int(params, "limit", 50))
 
     async def history(params: dict[str, Any], conn: Connection) -> list[dict[str, Any]]:
         """Lines of data/benchmark_history.jsonl: {run_id?, model?, limit? (default 200)}."""
@@ -55,7 +55,7 @@ def register(server: RpcServer, sup: Supervisor) -> None:
         lines = await asyncio.to_thread(sup.learning.store.read_history, run_id)
         if model:
             lines = [x for x in lines if x.get("model") == model]
-        return lines[-int(params.get("limit", 200)) :]
+        return lines[-params_int(params, "limit", 200) :]
 
     server.register("bench.run", run)
     server.register("bench.status", status)

@@ -220,7 +220,6 @@ def register(server: RpcServer, sup: Supervisor) -> None:
         """Ollama's /api/show for {model, verbose?}: model_info from the GGUF header,
         capabilities, parameters (num_ctx = the configured context, stop tokens), template."""
         name = params_str(params, "model")
-        assert name is not None
         cfg = sup.scheduler.resolve(name)
         body = await asyncio.to_thread(show_body, cfg, bool(params.get("verbose")))
         return {"name": cfg.name, "context": cfg.context, "show": body}

@@ -24,7 +24,7 @@ def register(server: RpcServer, sup: Supervisor) -> None:
         expires = params.get("expires")
 
         def run() -> dict[str, Any]:
-            secret, record = store().create(name or "", models, expires)
+            secret, record = store().create(name, models, expires)
             return {"key": secret, **record.to_public()}
 
         return await asyncio.to_thread(run)
@@ -36,7 +36,7 @@ def register(server: RpcServer, sup: Supervisor) -> None:
     async def revoke(params: dict[str, Any], conn: Connection) -> bool:
         """Revoke key {name}; the proxy stops accepting it within a second."""
         name = params_str(params, "name")
-        return await asyncio.to_thread(lambda: store().revoke(name or ""))
+        return await asyncio.to_thread(lambda: store().revoke(name))
 
     server.register("keys.create", create)
     server.register("keys.list", list_keys)

@@ -6,7 +6,7 @@ import asyncio
 import time
 from typing import TYPE_CHECKING, Any
 
-from guardian_supervisor.rpc_server import Connection, RpcServer, params_str
+from guardian_supervisor.rpc_server import Connection, RpcServer, params_int, params_str
 from shared.config import canonical_name, timeouts_for
 from shared.errors import Code, GuardianError
 
@@ -26,10 +26,7 @@ def register(server: RpcServer, sup: Supervisor) -> None:
         The lease belongs to this connection; release it with models.release.
         """
         name = params_str(params, "model")
-        assert name is not None
-        ctx = params.get("ctx")
-        if ctx is not None and (not isinstance(ctx, int) or isinstance(ctx, bool) or ctx < 0):
-            raise GuardianError(Code.INVALID_PARAMS, "parameter 'ctx' must be a non-negative integer")
+        ctx = params_int(params, "ctx")
         t0 = time.monotonic()
         try:
             lease, rt = await sched.acquire(
@@ -55,7 +52,6 @@ def register(server: RpcServer, sup: Supervisor) -> None:
     async def release(params: dict[str, Any], conn: Connection) -> bool:
         """Release a lease: {lease}. Idempotent."""
         lease = params_str(params, "lease")
-        assert lease is not None
         return sched.release(lease)
 
     async def list_models(params: dict[str, Any], conn: Connection) -> list[dict[str, Any]]:
@@ -99,11 +95,8 @@ def register(server: RpcServer, sup: Supervisor) -> None:
     async def estimate(params: dict[str, Any], conn: Connection) -> dict[str, Any]:
         """Memory breakdown for {model, ctx?} from the GGUF file, and measured figures if any."""
         name = params_str(params, "model")
-        assert name is not None
         cfg = sched.resolve(name)
-        ctx = params.get("ctx") or cfg.context
-        if not isinstance(ctx, int) or isinstance(ctx, bool) or ctx < 1:
-            raise GuardianError(Code.INVALID_PARAMS, "parameter 'ctx' must be a positive integer")
+        ctx = params_int(params, "ctx") or cfg.context
         try:
             est, planned, measured = await sup.planner.estimate(cfg, ctx)
         except (OSError, ValueError) as e:
@@ -123,7 +116,6 @@ def register(server: RpcServer, sup: Supervisor) -> None:
     async def load(params: dict[str, Any], conn: Connection) -> dict[str, Any]:
         """Load MODEL now (as a request would) and return its status."""
         name = params_str(params, "model")
-        assert name is not None
         lease, rt = await sched.acquire(name, conn.id)
         sched.release(lease.id)
         return rt.status()
@@ -134,16 +126,14 @@ def register(server: RpcServer, sup: Supervisor) -> None:
             names = [rt.name for rt in sched.runtimes.values()]
         else:
             name = params_str(params, "model")
-            assert name is not None
             names = [sched.resolve(name).name]
         return [n for n in names if await sched.unload(n)]
 
     async def logs(params: dict[str, Any], conn: Connection) -> list[str]:
         """The last {lines} log lines of {model}'s llama-server."""
         name = params_str(params, "model")
-        assert name is not None
         rt = sched.runtimes[sched.resolve(name).name]
-        n = int(params.get("lines", 50))
+        n = params_int(params, "lines", 50)
         return rt.child.tail(n) if rt.child else rt.last_error_tail[-n:]
 
     for method, fn in {

@@ -4,18 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from guardian_supervisor.rpc_server import Connection, RpcServer, params_str
-from shared.errors import Code, GuardianError
+from guardian_supervisor.rpc_server import Connection, RpcServer, params_int, params_str
 
 if TYPE_CHECKING:
     from guardian_supervisor.daemon import Supervisor
-
-
-def _slot(params: dict[str, Any]) -> int | None:
-    slot = params.get("slot")
-    if slot is not None and (not isinstance(slot, int) or isinstance(slot, bool) or slot < 0):
-        raise GuardianError(Code.INVALID_PARAMS, "parameter 'slot' must be a non-negative integer")
-    return slot
 
 
 def register(server: RpcServer, sup: Supervisor) -> None:
@@ -28,8 +20,7 @@ def register(server: RpcServer, sup: Supervisor) -> None:
         """
         name = params_str(params, "name")
         model = params_str(params, "model")
-        assert name is not None and model is not None
-        return await sessions.save(name, model, _slot(params), conn.id)
+        return await sessions.save(name, model, params_int(params, "slot"), conn.id)
 
     async def restore(params: dict[str, Any], conn: Connection) -> dict[str, Any]:
         """Restore session {name, model?, slot?} into its model, loading the model if needed.
@@ -38,9 +29,8 @@ def register(server: RpcServer, sup: Supervisor) -> None:
         was saved with; `model`, when given, must be the session's own model.
         """
         name = params_str(params, "name")
-        assert name is not None
         model = params_str(params, "model", required=False)
-        return await sessions.restore(name, conn.id, model, _slot(params))
+        return await sessions.restore(name, conn.id, model, params_int(params, "slot"))
 
     async def list_sessions(params: dict[str, Any], conn: Connection) -> list[dict[str, Any]]:
         """Named sessions, least recently used first: {model?, carry?: true adds carry-over files}."""
@@ -50,13 +40,11 @@ def register(server: RpcServer, sup: Supervisor) -> None:
     async def info(params: dict[str, Any], conn: Connection) -> dict[str, Any]:
         """One named session: {name}."""
         name = params_str(params, "name")
-        assert name is not None
         return await sessions.info(name)
 
     async def delete(params: dict[str, Any], conn: Connection) -> dict[str, Any]:
         """Delete session {name} (its slot file and manifest)."""
         name = params_str(params, "name")
-        assert name is not None
         return await sessions.delete(name)
 
     for method, fn in {

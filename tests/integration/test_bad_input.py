@@ -85,6 +85,8 @@ def test_embeddings_need_an_embedding_model(fake_g):
     g, _ = fake_g
     r = httpx.post(g.url + "/v1/embeddings", json={"model": "fa", "input": "x"})
     assert r.status_code == 400 and "embeddings: true" in r.json()["error"]["message"]
+    r = httpx.post(g.url + "/v1/embeddings", json={"model": "fa:latest", "input": "x"})  # same model
+    assert r.status_code == 400 and "embeddings: true" in r.json()["error"]["message"]
     r = httpx.post(g.url + "/v1/embeddings", json={"model": "fe", "input": "x"})
     assert r.status_code == 200 and r.json()["data"][0]["embedding"]
 

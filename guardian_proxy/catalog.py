@@ -1,7 +1,7 @@
 """The proxy's copy of the supervisor's model catalog (`catalog.tags`), refreshed in the background.
 
-Chat and generate look a model up on every request (capabilities are checked before any
-upstream call), so the lookup is a dict access; the listing is re-fetched at most every
+Both APIs resolve model names here. Chat and generate look a model up on every request
+(capabilities are checked before any upstream call), so the lookup is a dict access; the listing is re-fetched at most every
 `ttl_s` seconds, and a stale copy keeps answering while the refresh runs.
 """
 
@@ -13,15 +13,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import web
-
 from guardian_proxy.supervisor_link import SupervisorLink
 from shared.config import canonical_name
 
 
 @dataclass(frozen=True)
 class Entry:
-    """One configured model as the Ollama routes need it."""
+    """One configured model as the routes need it."""
 
     name: str
     aliases: tuple[str, ...]
@@ -104,6 +102,3 @@ class Catalog:
 def _consume(task: asyncio.Task[None]) -> None:
     with contextlib.suppress(asyncio.CancelledError, Exception):
         task.exception()  # a failed background refresh is retried by the next request
-
-
-CATALOG_KEY = web.AppKey("ollama_catalog", Catalog)
