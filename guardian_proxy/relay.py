@@ -7,6 +7,7 @@ handler (handler_cancellation=True), which closes the upstream request.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -77,6 +78,12 @@ async def upstream(
         resp.release()
 
 
+async def write_quietly(resp: web.StreamResponse, data: bytes) -> None:
+    """A last in-band message: the client may be gone too, and then there is nobody to tell."""
+    with contextlib.suppress(ConnectionError, aiohttp.ClientConnectionError):
+        await resp.write(data)
+
+
 def sse_error_event(message: str, status: int = 500) -> bytes:
     err = {"error": {"code": status, "message": message, "type": "server_error"}}
     return b"data: " + json.dumps(err).encode() + b"\n\n"
@@ -94,8 +101,8 @@ async def pipe(request: web.Request, up: aiohttp.ClientResponse, model: str) -> 
             await resp.write(chunk)
     except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as e:
         # llama-server died or stalled mid-stream: tell the client in-band, the status is sent.
-        await resp.write(
-            sse_error_event(f"llama-server for '{model}' broke off the stream: {type(e).__name__}")
+        await write_quietly(
+            resp, sse_error_event(f"llama-server for '{model}' broke off the stream: {type(e).__name__}")
         )
     await resp.write_eof()
     return resp

@@ -18,7 +18,6 @@ class Lease:
     ctx: int | None
     timeout_s: float
     waited_s: float
-    embeddings: bool
 
 
 class SupervisorLink:
@@ -44,7 +43,6 @@ class SupervisorLink:
             r.get("ctx"),
             float(r["timeout_s"]),
             float(r.get("waited_s", 0.0)),
-            bool(r.get("embeddings")),
         )
 
     def release(self, lease_id: str) -> None:

@@ -81,6 +81,11 @@ def _fmt_split(split: tuple[float, ...]) -> str:
     return ",".join(f"{x:g}" for x in split)
 
 
+def launch_ctx(model: ModelConfig, ctx: int | None = None) -> int:
+    """-c as passed to llama-server: it is shared by all -np slots, so each gets the full ctx."""
+    return (ctx or model.context) * model.parallel
+
+
 def check_extra_args(flavor: str, model: str, args: list[str]) -> str | None:
     """Return an error naming the model and flag if `args` has a flag the flavor rejects."""
     fork = "ik_llama.cpp" if flavor == "ik" else "upstream llama.cpp"
@@ -128,10 +133,9 @@ def build_argv(
     """The exact command line for one llama-server serving `model` on `host:port`."""
     place = placement or Placement()
     ik = backend.flavor == "ik"
-    per_slot_ctx = ctx or model.context
     argv = [binary, "-m", str(model.path), "--host", host, "--port", str(port), "--alias", model.name]
     # -c is shared by all slots (reference §2): give each parallel slot the full context.
-    argv += ["-c", str(per_slot_ctx * model.parallel), "-np", str(model.parallel)]
+    argv += ["-c", str(launch_ctx(model, ctx)), "-np", str(model.parallel)]
     ngl = place.n_gpu_layers if place.n_gpu_layers is not None else model.ngl
     argv += ["-ngl", str(ngl)]
     split = place.tensor_split if place.tensor_split is not None else model.split

@@ -146,8 +146,6 @@ class Scheduler:
         self._decide_scheduled = False
         self._closing = False
         self._http: aiohttp.ClientSession | None = None
-        self.child_env: dict[str, str] | None = None
-        self.on_change: list[Callable[[ModelRuntime], None]] = []
         self.on_acquire: list[Callable[[str, bool], None]] = []  # (model, is a user request)
         self.hooks: list[LifecycleHook] = []
         # Launch settings when a request names none (the request optimizer fills this in).
@@ -471,7 +469,7 @@ class Scheduler:
         rt.set_state(State.STARTING, "requested")
         rt.last_error, rt.last_error_tail = None, []
         t0 = time.monotonic()
-        env = {**os.environ, **(self.child_env or {}), **plan.env} if plan.env else self.child_env
+        env = {**os.environ, **plan.env} if plan.env else None  # None: inherit ours
         child: Child | None = None
         try:
             await asyncio.to_thread(slot_dir.mkdir, parents=True, exist_ok=True)
@@ -577,8 +575,6 @@ class Scheduler:
                 log.exception("hook_failed", hook=type(hook).__name__, event=name, model=rt.name)
 
     def _notify(self, rt: ModelRuntime) -> None:
-        for cb in self.on_change:
-            cb(rt)
         self._kick()
 
     def _session(self) -> aiohttp.ClientSession:

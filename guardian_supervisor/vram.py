@@ -18,7 +18,7 @@ from typing import Any
 import structlog
 
 from guardian_supervisor import placement as pl
-from guardian_supervisor.argv import Placement
+from guardian_supervisor.argv import Placement, launch_ctx
 from guardian_supervisor.estimate import Estimate, Measured, estimate, is_host_buffer, parse_buffer_lines
 from guardian_supervisor.gguf_info import GGUFError, ModelInfo, read_model_info
 from guardian_supervisor.gpus import GpuSource, Inventory, recovery_target, wait_for_release
@@ -41,11 +41,6 @@ class Placed:
     cpu_bytes: int
     estimate_bytes: int
     gpus: tuple[int, ...]
-
-
-def launch_ctx(model: ModelConfig, ctx: int) -> int:
-    """-c as passed to llama-server: per-conversation context times parallel slots."""
-    return ctx * model.parallel
 
 
 def measured_key(model: ModelConfig, ctx: int) -> str:

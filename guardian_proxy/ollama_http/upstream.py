@@ -14,7 +14,7 @@ from guardian_proxy.catalog import Entry
 from guardian_proxy.context import ProxyContext
 from guardian_proxy.ollama import OllamaError, error_line, json_bytes, ndjson_line, upstream_error
 from guardian_proxy.ollama_http.common import NDJSON_HEADERS
-from guardian_proxy.relay import leased, upstream
+from guardian_proxy.relay import leased, upstream, write_quietly
 from guardian_proxy.supervisor_link import Lease
 
 Feed = Callable[[Mapping[str, Any]], list[dict[str, Any]]]
@@ -61,12 +61,6 @@ async def unload(pc: ProxyContext, entry: Entry) -> None:
     await pc.link.call("models.unload", {"model": entry.name})
 
 
-async def _write_quietly(resp: web.StreamResponse, data: bytes) -> None:
-    # The client may be gone too; there is nobody left to tell.
-    with contextlib.suppress(ConnectionError, aiohttp.ClientConnectionError):
-        await resp.write(data)
-
-
 async def sse_batches(up: aiohttp.ClientResponse) -> AsyncIterator[list[dict[str, Any]]]:
     """The decoded `data:` events of an SSE stream, one list per network read, until `[DONE]`.
 
@@ -111,9 +105,9 @@ async def relay_ndjson(
                 await write(lines[0] if len(lines) == 1 else b"".join(lines))
         await write(b"".join(map(ndjson_line, await finish())))
     except OllamaError as e:
-        await _write_quietly(resp, error_line(e.message))
+        await write_quietly(resp, error_line(e.message))
     except BROKEN_STREAM as e:
-        await _write_quietly(
+        await write_quietly(
             resp, error_line(f"llama-server for '{model}' broke off the stream: {type(e).__name__}")
         )
     with contextlib.suppress(ConnectionError, aiohttp.ClientConnectionError):

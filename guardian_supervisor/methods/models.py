@@ -46,7 +46,6 @@ def register(server: RpcServer, sup: Supervisor) -> None:
             "ctx": rt.ctx,
             "timeout_s": rt.request_timeout_s,
             "waited_s": round(time.monotonic() - t0, 6),  # queue + load time: Ollama's load_duration
-            "embeddings": rt.config.embeddings,
         }
 
     async def release(params: dict[str, Any], conn: Connection) -> bool:
