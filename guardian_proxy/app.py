@@ -68,3 +68,6 @@ class ProxyServer:
                 await runner.cleanup()
         await self.ctx.close()
         log.info("proxy_stopped")
+
+    def kill_now(self) -> None:
+        """The proxy owns no child processes: nothing to kill."""

@@ -20,12 +20,11 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from guardian_proxy.errors_http import is_openai, ollama_error, openai_error
-from guardian_proxy.keystore import KeyRecord, KeyStore
 from shared.errors import GuardianError
+from shared.keystore import KeyRecord, KeyStore, keys_path
 
 log = logging.getLogger(__name__)
 
-KEYS_FILENAME = "api_keys.json"
 
 # The record of the key that authenticated this request; None when auth is not required.
 API_KEY: web.RequestKey[KeyRecord | None] = web.RequestKey("api_key", KeyRecord)
@@ -41,10 +40,6 @@ _REASONS = {
     "unknown": f"invalid API key: it is unknown or has been revoked; {_HOW_TO_CREATE}",
     "expired": f"API key has expired; {_HOW_TO_CREATE}",
 }
-
-
-def keys_path(data_dir: Path | str) -> Path:
-    return Path(data_dir) / KEYS_FILENAME
 
 
 def _unauthorized(request: web.Request, message: str) -> web.Response:

@@ -7,11 +7,10 @@ from dataclasses import dataclass, field
 import aiohttp
 from aiohttp import web
 
-from guardian_proxy.auth import keys_path
 from guardian_proxy.catalog import Catalog
-from guardian_proxy.keystore import KeyStore
 from guardian_proxy.supervisor_link import SupervisorLink
 from shared.config import Config
+from shared.keystore import KeyStore, keys_path
 
 
 @dataclass

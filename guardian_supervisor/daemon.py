@@ -5,33 +5,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import socket
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import click
 import structlog
 
-from guardian_supervisor.gpus import GpuSource, make_source
-from guardian_supervisor.learning import Learning
-from guardian_supervisor.methods import bench as bench_methods
-from guardian_supervisor.methods import catalog as catalog_methods
-from guardian_supervisor.methods import config as config_methods
-from guardian_supervisor.methods import keys as key_methods
-from guardian_supervisor.methods import maintenance as maintenance_methods
-from guardian_supervisor.methods import models as model_methods
-from guardian_supervisor.methods import optimizer as optimizer_methods
-from guardian_supervisor.methods import sessions as session_methods
-from guardian_supervisor.rpc_server import Connection, RpcServer
-from guardian_supervisor.scheduler import Scheduler
-from guardian_supervisor.sessions import SessionManager
-from guardian_supervisor.vram import VramPlanner, own_pids_of
-from shared import eventloop
-from shared.config import Config, default_config_dir, load_config
+from guardian_supervisor.learning.wiring import Learning
+from guardian_supervisor.memory.gpus import GpuSource, make_source
+from guardian_supervisor.memory.planner import VramPlanner, own_pids_of
+from guardian_supervisor.models.scheduler import Scheduler
+from guardian_supervisor.rpc import bench as bench_methods
+from guardian_supervisor.rpc import catalog as catalog_methods
+from guardian_supervisor.rpc import config as config_methods
+from guardian_supervisor.rpc import keys as key_methods
+from guardian_supervisor.rpc import maintenance as maintenance_methods
+from guardian_supervisor.rpc import models as model_methods
+from guardian_supervisor.rpc import optimizer as optimizer_methods
+from guardian_supervisor.rpc import sessions as session_methods
+from guardian_supervisor.rpc.server import Connection, RpcServer
+from guardian_supervisor.sessions.manager import SessionManager
+from shared.config import Config, load_config
 from shared.errors import Code, GuardianError
-from shared.logs import setup_logging
+from shared.foreground import config_dir_option, log_level_option, run_foreground
 from shared.yamlschema import ConfigError
 
 log = structlog.get_logger("supervisor")
@@ -122,63 +118,16 @@ class Supervisor:
         await self.sessions.close()
         log.info("supervisor_stopped")
 
+    def kill_now(self) -> None:
+        self.scheduler.kill_all_now()
 
-async def serve_until_signalled(*runners: Any) -> None:
-    """Start each runner (start/stop pair), wait for SIGINT/SIGTERM, stop them in reverse."""
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    started = []
+
+def make_supervisor(config: Config) -> Supervisor:
     try:
-        for r in runners:
-            await r.start()
-            started.append(r)
-        await stop.wait()
-        log.info("shutting_down")
-    finally:
-        for r in reversed(started):
-            await r.stop()
-
-
-def source_or_exit(config: Config) -> GpuSource:
-    try:
-        return gpu_source(config)
+        source = gpu_source(config)
     except GuardianError as e:
         raise click.ClickException(f"GPU inventory: {e.message}") from e
-
-
-def load_or_exit(config_dir: str | None) -> Config:
-    path = default_config_dir() if config_dir is None else os.path.abspath(config_dir)
-    try:
-        return load_config(Path(path))
-    except ConfigError as e:
-        raise click.ClickException(f"configuration error: {e}") from e
-
-
-def run_foreground(config_dir: str | None, log_level: str | None, *others: Callable[[Config], Any]) -> None:
-    """Run the supervisor, plus a runner made by each of `others` from the configuration,
-    until SIGINT/SIGTERM; however it ends, no llama-server outlives it."""
-    config = load_or_exit(config_dir)
-    setup_logging(log_level or config.settings.logging.level, config.settings.logging.format)
-    sup = Supervisor(config, source_or_exit(config))
-    try:
-        eventloop.run(serve_until_signalled(sup, *(make(config) for make in others)))
-    except GuardianError as e:
-        raise click.ClickException(e.message) from e
-    finally:
-        sup.scheduler.kill_all_now()
-
-
-config_dir_option = click.option(
-    "--config-dir",
-    envvar="GUARDIAN_CONFIG_DIR",
-    default=None,
-    help="Directory with settings.yaml and models.yaml (default: ./etc).",
-)
-log_level_option = click.option(
-    "--log-level", default=None, help="debug, info, warning or error (default: settings.yaml logging.level)."
-)
+    return Supervisor(config, source)
 
 
 @click.command()
@@ -186,4 +135,4 @@ log_level_option = click.option(
 @log_level_option
 def main(config_dir: str | None, log_level: str | None) -> None:
     """Run the Guardian supervisor in the foreground."""
-    run_foreground(config_dir, log_level)
+    run_foreground(config_dir, log_level, make_supervisor)

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from guardian_supervisor.bench_plan import Cell
+from guardian_supervisor.learning.bench_plan import Cell
 
 pytestmark = pytest.mark.timeout(120)
 

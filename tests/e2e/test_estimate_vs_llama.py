@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 
 from guardian_supervisor.demo_models import DEMO_MODELS, write_tiny_llama
-from guardian_supervisor.estimate import estimate, parse_buffer_lines
-from guardian_supervisor.gguf_info import read_model_info
+from guardian_supervisor.memory.estimate import estimate, parse_buffer_lines
+from guardian_supervisor.memory.gguf_info import read_model_info
 
 
 def find_llama_server() -> Path | None:

@@ -1,0 +1,1 @@
+"""guardianctl: a click CLI over the admin RPC, one module per command group."""

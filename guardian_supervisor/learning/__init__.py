@@ -1,0 +1,1 @@
+"""Learning from idle time: the benchmark suite, the maintenance window and the request optimizer."""

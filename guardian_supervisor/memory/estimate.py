@@ -1,0 +1,297 @@
+"""Memory estimates for running a model in llama-server, and the log lines that measure them.
+
+Pure functions. `estimate` predicts weights + KV cache + compute buffer (+ a fixed per-device
+overhead); `parse_buffer_lines` reads what llama-server actually allocated from its log
+(upstream prints these lines only at `-lv 4`; ik_llama.cpp prints them by default).
+
+The compute-buffer formula was fitted against upstream llama-server build 11434 (CPU) on
+dense llama-architecture models; see `_compute_bytes`. MLA, SWA, recurrent and MoE
+models are not modelled specially: their KV and compute figures are rough.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from guardian_supervisor.memory.gguf_info import ModelInfo
+
+MIB = 1024 * 1024
+# CUDA context, cuBLAS workspace and the backend's memory pool: memory a GPU loses that no
+# buffer line reports. Ollama reserves 457 MiB per CUDA device (ml/device.go); round up.
+DEFAULT_GPU_OVERHEAD = 512 * MIB
+KV_CTX_PAD = 256  # llama.cpp pads the KV cache size to a multiple of 256 cells
+
+# (block size, bytes per block) of each KV cache type; ik's q6_0 included.
+KV_TYPES: dict[str, tuple[int, int]] = {
+    "f32": (1, 4),
+    "f16": (1, 2),
+    "bf16": (1, 2),
+    "q8_0": (32, 34),
+    "q6_0": (32, 26),
+    "q5_1": (32, 24),
+    "q5_0": (32, 22),
+    "q4_1": (32, 20),
+    "q4_0": (32, 18),
+    "iq4_nl": (32, 18),
+}
+
+
+def kv_row_bytes(kv_type: str, n_elements: int) -> int:
+    """Bytes for `n_elements` values of a KV cache type (rounded up to whole blocks)."""
+    try:
+        block, size = KV_TYPES[kv_type.lower()]
+    except KeyError:
+        raise ValueError(f"unknown KV cache type {kv_type!r}; known: {', '.join(KV_TYPES)}") from None
+    return -(-n_elements // block) * size
+
+
+def _mib(n: int) -> float:
+    return round(n / MIB, 2)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Predicted bytes for one llama-server instance. `total_bytes` includes the overhead."""
+
+    ctx: int  # KV cells, after padding
+    weights_bytes: int
+    layer_weight_bytes: list[int]
+    nonrepeating_bytes: int
+    kv_bytes: int
+    kv_per_layer: list[int]
+    compute_bytes: int
+    output_bytes: int
+    overhead_bytes: int
+    total_bytes: int
+
+    @property
+    def per_layer_bytes(self) -> list[int]:
+        """Weights + KV per layer: what moving one layer to another device moves."""
+        return [w + k for w, k in zip(self.layer_weight_bytes, self.kv_per_layer, strict=False)]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Figures in MiB (two decimals) for printing and JSON."""
+        return {
+            "ctx": self.ctx,
+            "weights_mib": _mib(self.weights_bytes),
+            "nonrepeating_mib": _mib(self.nonrepeating_bytes),
+            "layer_weight_mib": [_mib(b) for b in self.layer_weight_bytes],
+            "kv_mib": _mib(self.kv_bytes),
+            "kv_per_layer_mib": [_mib(b) for b in self.kv_per_layer],
+            "compute_mib": _mib(self.compute_bytes),
+            "output_mib": _mib(self.output_bytes),
+            "overhead_mib": _mib(self.overhead_bytes),
+            "total_mib": _mib(self.total_bytes),
+        }
+
+
+def estimate(
+    info: ModelInfo,
+    *,
+    ctx: int,
+    kv_type: str = "f16",
+    kv_type_v: str | None = None,
+    n_parallel: int = 1,
+    n_batch: int = 2048,
+    n_ubatch: int = 512,
+    gpu: bool = True,
+    flash_attn: bool = True,
+    kv_unified: bool = False,
+    flavor: str = "upstream",
+    overhead_bytes: int | None = None,
+) -> Estimate:
+    """Predict the memory llama-server needs for `info` at `-c ctx` (total over `-np` slots).
+
+    gpu=True answers "how much VRAM with every layer offloaded": token_embd stays in host
+    memory in both forks (unless it doubles as the output matrix), and the fixed
+    per-device overhead (default DEFAULT_GPU_OVERHEAD) is added. gpu=False answers for a
+    CPU-only run: every tensor counts and the overhead defaults to 0.
+    A quantized V cache (`kv_type_v`, default = kv_type) needs flash attention.
+    """
+    if ctx < 1 or n_parallel < 1 or n_ubatch < 1 or n_batch < 1:
+        raise ValueError("ctx, n_parallel, n_batch and n_ubatch must be positive")
+    if flavor not in ("upstream", "ik"):
+        raise ValueError(f"flavor must be 'upstream' or 'ik', not {flavor!r}")
+    v_type = kv_type_v or kv_type
+    cells = -(-ctx // KV_CTX_PAD) * KV_CTX_PAD
+    kv_per_layer = [
+        cells * (kv_row_bytes(kv_type, h * info.key_length) + kv_row_bytes(v_type, h * info.value_length))
+        for h in info.n_head_kv[: info.n_layer]
+    ]
+    nonrepeating = info.nonrepeating_bytes
+    if gpu and info.tensor_bytes("output.weight"):
+        nonrepeating -= info.tensor_bytes("token_embd.weight")  # input embeddings stay on host
+    weights = sum(info.layer_bytes) + nonrepeating
+    compute = _compute_bytes(info, cells, n_parallel, n_batch, n_ubatch, flash_attn, kv_unified, flavor)
+    output = n_parallel * info.n_vocab * 4  # logits buffer: one f32 row per sequence
+    overhead = overhead_bytes if overhead_bytes is not None else (DEFAULT_GPU_OVERHEAD if gpu else 0)
+    kv = sum(kv_per_layer)
+    return Estimate(
+        ctx=cells,
+        weights_bytes=weights,
+        layer_weight_bytes=list(info.layer_bytes),
+        nonrepeating_bytes=nonrepeating,
+        kv_bytes=kv,
+        kv_per_layer=kv_per_layer,
+        compute_bytes=compute,
+        output_bytes=output,
+        overhead_bytes=overhead,
+        total_bytes=weights + kv + compute + output + overhead,
+    )
+
+
+def _compute_bytes(
+    info: ModelInfo,
+    cells: int,
+    n_parallel: int,
+    n_batch: int,
+    n_ubatch: int,
+    flash_attn: bool,
+    kv_unified: bool,
+    flavor: str,
+) -> int:
+    """Peak of llama.cpp's graph allocator for one worst-case ubatch.
+
+    Fitted on upstream build 11434 (CPU, dense llama, ~80 shapes: 1..32 layers, ubatch
+    128..2048, ctx 512..32768, FA on and off), in f32 values per ubatch token, with ffn F,
+    embedding E, KV width Ekv:
+      F > 2E, or F > E with 3+ layers:  3F + 5E + 10   (exact to 0.1 %: real dense models)
+      F <= 2E with 2 layers:            2F + 5E + 10   (freed attention blocks get reused)
+      F <= E:                           7E + 10        (within ~15 %)
+      1 layer:                          5E + max(2Ekv, E) + 10 (llama.cpp drops all but
+                                        the output token before the last layer's FFN)
+    plus the attention mask, ubatch x KV cells of one sequence in f16. Without flash
+    attention the KQ scores (f32 per head) and an f32 mask dominate instead. Older graphs
+    (ik_llama.cpp) reserve logits for every ubatch token, ubatch x (E + vocab) f32, as
+    Ollama's GraphSize assumes (not verified here: no ik build was at hand).
+    """
+    ub = min(n_ubatch, n_batch, cells)
+    e, f = info.n_embd, info.n_ff
+    e_kv = max(info.n_head_kv, default=0) * info.key_length
+    if info.n_layer <= 1:
+        per_token = 5 * e + max(2 * e_kv, e)
+    elif f <= e:
+        per_token = 7 * e
+    elif f <= 2 * e and info.n_layer == 2:
+        per_token = 2 * f + 5 * e
+    else:
+        per_token = 3 * f + 5 * e
+    activations = ub * 4 * (per_token + 10)
+    kv_seq = cells if kv_unified else -(-cells // n_parallel)
+    if flash_attn:
+        total = activations + ub * kv_seq * 2
+    else:
+        total = max(activations, ub * kv_seq * (4 * info.n_head + 4) + ub * 4 * 8 * e)
+    if flavor == "ik":
+        total = max(total, ub * 4 * (e + info.n_vocab))
+    return total
+
+
+# --- measuring: llama-server's own log lines --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DeviceBytes:
+    model: int = 0
+    kv: int = 0
+    compute: int = 0
+    output: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.model + self.kv + self.compute + self.output
+
+
+@dataclass(frozen=True)
+class Measured:
+    """What llama-server reported allocating. `per_device` is keyed by buffer name as logged
+    (CUDA0, CPU_Mapped, CUDA_Host, ...); `is_host_buffer` tells host buffers from VRAM."""
+
+    model_bytes: int = 0
+    kv_bytes: int = 0
+    compute_bytes: int = 0
+    output_bytes: int = 0
+    per_device: dict[str, DeviceBytes] = field(default_factory=dict)
+    offloaded_layers: int | None = None
+    total_layers: int | None = None
+    source: str = "none"  # "buffers" (per-buffer lines), "breakdown" (the MiB table) or "none"
+
+    @property
+    def total_bytes(self) -> int:
+        return self.model_bytes + self.kv_bytes + self.compute_bytes + self.output_bytes
+
+    def device_totals(self, include_host: bool = False) -> dict[str, int]:
+        return {
+            name: d.total for name, d in self.per_device.items() if include_host or not is_host_buffer(name)
+        }
+
+
+def is_host_buffer(name: str) -> bool:
+    """CPU, CPU_Mapped, CPU_REPACK, CUDA_Host, AMX, Host: system RAM, not device memory."""
+    return name.startswith("CPU") or name.endswith("_Host") or name in ("Host", "AMX")
+
+
+# upstream: "load_tensors:   CPU_Mapped model buffer size =     1.52 MiB"
+#           "llama_kv_cache:        CPU KV buffer size =     4.00 MiB"
+#           "sched_reserve:        CPU compute buffer size =     6.27 MiB"
+#           "llama_context:        CPU  output buffer size =     0.00 MiB"
+# ik:       "llm_load_tensors:      CUDA0 buffer size =  3745.00 MiB" (no "model")
+#           "llama_kv_cache_init:      CUDA0 KV buffer size =   256.00 MiB"
+#           "llama_new_context_with_model:      CUDA0 compute buffer size =   258.50 MiB"
+_BUFFER_RE = re.compile(
+    r"(?P<dev>\S+)\s+(?:(?P<kind>model|KV|compute|output)\s+)?buffer size\s*=\s*(?P<mib>\d+(?:\.\d+)?)\s*MiB"
+)
+_OFFLOAD_RE = re.compile(r"offloaded (\d+)/(\d+) layers to GPU")
+# "| memory breakdown [MiB] | total free self model context compute unaccounted |" rows:
+# "|   - CUDA0 (RTX 5090)   | 32606 = 1057 + (29365 = 28609 + 397 + 358) + 2183 |"
+# "|   - Host               |                 30956 = 30940 +   0 +  16        |"
+_BREAKDOWN_GPU_RE = re.compile(
+    r"\|\s*-\s*(?P<dev>\S+)[^|]*\|\s*\d+\s*=\s*\d+\s*\+\s*\(\s*\d+\s*=\s*(?P<m>\d+)\s*\+\s*(?P<c>\d+)\s*\+\s*(?P<k>\d+)\s*\)"
+)
+_BREAKDOWN_OTHER_RE = re.compile(
+    r"\|\s*-\s*(?P<dev>\S+)[^|]*\|\s*\d+\s*=\s*(?P<m>\d+)\s*\+\s*(?P<c>\d+)\s*\+\s*(?P<k>\d+)\s*\|"
+)
+_KIND_FIELD = {None: "model", "model": "model", "KV": "kv", "compute": "compute", "output": "output"}
+
+
+def parse_buffer_lines(lines: Iterable[str]) -> Measured:
+    """Sum the buffer sizes llama-server logged (either fork), per kind and per device.
+
+    Every buffer line counts, so a draft model's buffers add to the main model's: feed one
+    process's log. When no per-buffer lines are present, the last `memory breakdown [MiB]`
+    table is used instead (its "context" column counts as KV); the first table upstream
+    prints with `-fit on` is only a projection and the one printed at exit replaces it.
+    """
+    per_dev: dict[str, dict[str, int]] = {}
+    table: dict[str, dict[str, int]] = {}
+    offloaded: tuple[int, int] | None = None
+    for line in lines:
+        if m := _BUFFER_RE.search(line):
+            d = per_dev.setdefault(m["dev"], {})
+            kind = _KIND_FIELD[m["kind"]]
+            d[kind] = d.get(kind, 0) + round(float(m["mib"]) * MIB)
+        elif m := _OFFLOAD_RE.search(line):
+            offloaded = (int(m[1]), int(m[2]))
+        elif "memory breakdown" in line:
+            table = {}  # a new table starts: the latest one wins
+        elif m := (_BREAKDOWN_GPU_RE.search(line) or _BREAKDOWN_OTHER_RE.search(line)):
+            table[m["dev"]] = {
+                "model": int(m["m"]) * MIB,
+                "kv": int(m["c"]) * MIB,
+                "compute": int(m["k"]) * MIB,
+            }
+    source = "buffers" if per_dev else ("breakdown" if table else "none")
+    devices = {name: DeviceBytes(**vals) for name, vals in (per_dev or table).items()}
+    return Measured(
+        model_bytes=sum(d.model for d in devices.values()),
+        kv_bytes=sum(d.kv for d in devices.values()),
+        compute_bytes=sum(d.compute for d in devices.values()),
+        output_bytes=sum(d.output for d in devices.values()),
+        per_device=devices,
+        offloaded_layers=offloaded[0] if offloaded else None,
+        total_layers=offloaded[1] if offloaded else None,
+        source=source,
+    )

@@ -1,0 +1,326 @@
+"""The VRAM-aware planner: estimate → GPU snapshot → placement → a launch plan.
+
+It owns what each resident model was placed with (its bytes per GPU), and the figures
+llama-server reported after each load (data/measured.json), which it prefers over the
+estimate next time for the same file, context and cache type.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from guardian_supervisor.memory import placement as pl
+from guardian_supervisor.memory.estimate import (
+    Estimate,
+    Measured,
+    estimate,
+    is_host_buffer,
+    parse_buffer_lines,
+)
+from guardian_supervisor.memory.gguf_info import GGUFError, ModelInfo, read_model_info
+from guardian_supervisor.memory.gpus import GpuSource, Inventory, recovery_target, wait_for_release
+from guardian_supervisor.models.argv import Placement, launch_ctx
+from guardian_supervisor.models.plans import Go, PlanResult, Refuse, Wait
+from guardian_supervisor.models.runtime import ModelRuntime, Profile
+from shared.atomic import read_json, write_json_atomic
+from shared.config import Config, ModelConfig
+
+log = structlog.get_logger("vram")
+MiB = 1 << 20
+
+
+def mib(n: float) -> int:
+    return round(n / MiB)
+
+
+@dataclass(frozen=True)
+class Placed:
+    per_gpu_bytes: dict[int, int]
+    cpu_bytes: int
+    estimate_bytes: int
+    gpus: tuple[int, ...]
+
+
+def measured_key(model: ModelConfig, ctx: int) -> str:
+    st = model.path.stat()
+    return f"{model.path}|{st.st_size}|{int(st.st_mtime)}|ctx={ctx}|kv={model.kv_type}|np={model.parallel}"
+
+
+def estimate_for(
+    info: ModelInfo, model: ModelConfig, ctx: int, flavor: str, gpu: bool, overhead: int | None
+) -> Estimate:
+    flash = model.flash_attn != "off"  # llama-server's "auto" turns it on wherever it is supported
+    return estimate(
+        info,
+        ctx=launch_ctx(model, ctx),
+        kv_type=model.kv_type,
+        n_parallel=model.parallel,
+        n_batch=model.batch_size or 2048,
+        n_ubatch=model.ubatch_size or 512,
+        gpu=gpu,
+        flash_attn=flash,
+        flavor=flavor,
+        overhead_bytes=overhead,
+    )
+
+
+def prefer_measured(est: Estimate, meas: dict[str, Any] | None) -> Estimate:
+    """Scale the estimate's parts to what llama-server reported for the same launch."""
+    if not meas:
+        return est
+
+    def scale(parts: list[int], want: int) -> list[int]:
+        have = sum(parts)
+        return [round(p * want / have) for p in parts] if have else parts
+
+    model_b, kv_b = int(meas.get("model_bytes", 0)), int(meas.get("kv_bytes", 0))
+    layers = (
+        scale(est.layer_weight_bytes, max(0, model_b - est.nonrepeating_bytes))
+        if model_b
+        else est.layer_weight_bytes
+    )
+    kv = scale(est.kv_per_layer, kv_b) if kv_b else est.kv_per_layer
+    compute = int(meas.get("compute_bytes", 0)) or est.compute_bytes
+    weights = sum(layers) + est.nonrepeating_bytes
+    return replace(
+        est,
+        layer_weight_bytes=layers,
+        weights_bytes=weights,
+        kv_per_layer=kv,
+        kv_bytes=sum(kv),
+        compute_bytes=compute,
+        total_bytes=weights + sum(kv) + compute + est.output_bytes + est.overhead_bytes,
+    )
+
+
+class VramPlanner:
+    """Implements scheduler.Planner with estimates, a GPU source and pure placement."""
+
+    def __init__(
+        self, config: Callable[[], Config], source: GpuSource, own_pids: Callable[[], list[int]]
+    ) -> None:
+        self._config = config
+        self.source = source
+        self._own_pids = own_pids
+        self.placed: dict[str, Placed] = {}
+        self._before_stop: dict[str, Inventory] = {}  # NVML snapshot taken just before a stop
+        self._info: dict[tuple[str, float], ModelInfo] = {}
+        self._measured: dict[str, Any] | None = None
+        self._saving: set[asyncio.Task[None]] = set()  # the loop keeps only weak task references
+
+    @property
+    def config(self) -> Config:
+        return self._config()
+
+    @property
+    def measured_path(self) -> Path:
+        return self.config.data_dir / "measured.json"
+
+    async def info(self, model: ModelConfig) -> ModelInfo:
+        key = (str(model.path), (await asyncio.to_thread(model.path.stat)).st_mtime)
+        if key not in self._info:
+            self._info[key] = await asyncio.to_thread(read_model_info, model.path)
+        return self._info[key]
+
+    async def measured(self) -> dict[str, Any]:
+        if self._measured is None:
+            self._measured = await asyncio.to_thread(read_json, self.measured_path, {}) or {}
+        return self._measured
+
+    async def snapshot(self) -> Inventory:
+        own_usage: dict[int, int] = {}
+        for p in self.placed.values():
+            for gpu, b in p.per_gpu_bytes.items():
+                own_usage[gpu] = own_usage.get(gpu, 0) + b
+        return await self.source.snapshot(self._own_pids(), own_usage)
+
+    async def estimate(
+        self, model: ModelConfig, ctx: int
+    ) -> tuple[Estimate, Estimate, dict[str, Any] | None]:
+        """(estimate from the file, the figure used for planning, the measured record or None)."""
+        info = await self.info(model)
+        inv = await self.snapshot()
+        gpu = bool(inv.gpus)
+        backend = self.config.backend_of(model)
+        overhead_mb = self.config.settings.gpus.overhead_mb
+        overhead = (overhead_mb * MiB if overhead_mb is not None else None) if gpu else 0
+        est = estimate_for(info, model, ctx, backend.flavor, gpu, overhead)
+        meas = (await self.measured()).get(await asyncio.to_thread(measured_key, model, ctx))
+        # A simulated GPU is served by a CPU build: its host buffers say nothing about VRAM.
+        return est, (est if inv.mode == "simulated" else prefer_measured(est, meas)), meas
+
+    async def plan(
+        self,
+        target: ModelRuntime,
+        ctx: int,
+        residents: list[ModelRuntime],
+        profile: Profile = (),
+    ) -> PlanResult:
+        overrides: dict[str, Any] = dict(profile)
+        model = replace(target.config, **overrides)  # batch sizes change the compute buffer
+        try:
+            _est, use, _meas = await self.estimate(model, ctx)
+        except (GGUFError, OSError) as e:
+            return Refuse(f"model '{model.name}': cannot read {model.path}: {e}")
+        inv = await self.snapshot()
+        s = self.config.settings
+        vram_limit = s.proxy.vram_limit_mb * MiB if s.proxy.vram_limit_mb else None
+        request = pl.PlaceRequest(
+            model=model.name,
+            layer_bytes=tuple(use.per_layer_bytes),
+            nonrepeating_bytes=use.nonrepeating_bytes + use.output_bytes,
+            compute_bytes=use.compute_bytes,
+            overhead_bytes=use.overhead_bytes,
+            tensor_split=model.split,
+            allow_cpu_offload=model.cpu_offload,
+        )
+        others = []
+        for r in residents:
+            p = self.placed.get(r.name)
+            others.append(
+                pl.Resident(
+                    model=r.name,
+                    per_gpu_bytes=p.per_gpu_bytes if p else {},
+                    inflight=r.inflight,
+                    pinned=r.config.pinned,
+                    last_used=r.last_used,
+                    cpu_bytes=p.cpu_bytes if p else 0,
+                )
+            )
+        limits = pl.Limits(vram_limit, s.gpus.reserve_mb * MiB if inv.gpus else 0, s.max_loaded_models)
+        decision = pl.place(request, inv, others, limits)
+        if isinstance(decision, pl.Wait):
+            return Wait(decision.blocked_by)
+        if isinstance(decision, pl.NoFit):
+            where = "VRAM" if inv.gpus else "system RAM"
+            return Refuse(
+                f"model '{model.name}' does not fit: it needs {mib(decision.needed_bytes)} MiB of {where} "
+                f"but {mib(decision.available_bytes)} MiB are available ({decision.reason})",
+                {"needed_mib": mib(decision.needed_bytes), "available_mib": mib(decision.available_bytes)},
+            )
+        self.placed[model.name] = Placed(
+            dict(decision.per_gpu_bytes), decision.cpu_bytes, use.total_bytes, decision.gpus
+        )
+        env = pl.cuda_env(decision) if inv.mode == "nvml" else {}
+        placement = Placement(n_gpu_layers=decision.n_gpu_layers, tensor_split=decision.tensor_split)
+        info = {
+            "gpus": list(decision.gpus),
+            "per_gpu_mib": {str(k): mib(v) for k, v in decision.per_gpu_bytes.items()},
+        }
+        log.info("placed", model=model.name, ctx=ctx, evict=decision.evict, **info, ngl=decision.n_gpu_layers)
+        return Go(evict=decision.evict, placement=placement, info=info, env=env)
+
+    async def before_stop(self, rt: ModelRuntime) -> None:
+        """On real GPUs, note free memory while the server still holds it: the baseline the
+        wait after the stop measures recovery against."""
+        placed = self.placed.get(rt.name)
+        if placed is not None and placed.gpus:
+            inv = await self.snapshot()
+            if inv.mode == "nvml":
+                self._before_stop[rt.name] = inv
+
+    async def after_stop(self, stopped: ModelRuntime) -> None:
+        """Forget the placement; on real GPUs wait (bounded) until NVML shows the memory back."""
+        placed = self.placed.pop(stopped.name, None)
+        baseline = self._before_stop.pop(stopped.name, None)
+        if placed is None or not placed.gpus or baseline is None:
+            return  # not on real GPUs, or the server was already gone (nothing to wait for)
+        held = sum(placed.per_gpu_bytes.values())
+        target = recovery_target(baseline, placed.gpus, held)
+        ok = await wait_for_release(
+            self.source,
+            placed.gpus,
+            target,
+            timeout_s=self.config.settings.gpus.release_timeout_s,
+            own_pids=self._own_pids(),
+        )
+        if not ok:
+            log.warning("vram_release_slow", model=stopped.name, gpus=placed.gpus)
+
+    def after_ready(self, rt: ModelRuntime, ctx: int) -> None:
+        """Record what llama-server reported allocating, for next time."""
+        if rt.child is None:
+            return
+        meas: Measured = parse_buffer_lines(rt.child.lines)
+        if meas.source == "none":
+            return
+        record = {
+            "model_bytes": meas.model_bytes,
+            "kv_bytes": meas.kv_bytes,
+            "compute_bytes": meas.compute_bytes,
+            "output_bytes": meas.output_bytes,
+            "total_bytes": meas.total_bytes,
+            "vram_bytes": sum(d.total for n, d in meas.per_device.items() if not is_host_buffer(n)),
+            "source": meas.source,
+            "at": time.time(),
+        }
+        task = asyncio.get_running_loop().create_task(self._save_measured(rt.config, ctx, record))
+        self._saving.add(task)
+        task.add_done_callback(self._saving.discard)
+
+    async def _save_measured(self, model: ModelConfig, ctx: int, record: dict[str, Any]) -> None:
+        store = await self.measured()
+        key = await asyncio.to_thread(measured_key, model, ctx)
+        store[key] = record
+        await asyncio.to_thread(write_json_atomic, self.measured_path, store)
+
+    async def describe(self, status: list[dict[str, Any]]) -> dict[str, Any]:
+        """Per GPU: total, free, and bytes held by each resident model (estimate vs measured)."""
+        inv = await self.snapshot()
+        measured = await self.measured()
+        by_model: dict[str, Any] = {}
+        for m in status:
+            p = self.placed.get(m["name"])
+            if p is None:
+                continue
+            cfg = self.config.models.get(m["name"])
+            meas = (
+                measured.get(await asyncio.to_thread(measured_key, cfg, m["ctx"]))
+                if cfg and m["ctx"]
+                else None
+            )
+            by_model[m["name"]] = {
+                "gpus": list(p.gpus),
+                "per_gpu_mib": {str(k): mib(v) for k, v in p.per_gpu_bytes.items()},
+                "cpu_mib": mib(p.cpu_bytes),
+                "estimate_mib": mib(p.estimate_bytes),
+                "measured_mib": mib(meas["total_bytes"]) if meas else None,
+            }
+        gpus = [
+            {
+                "index": g.index,
+                "name": g.name,
+                "total_mib": mib(g.total_bytes),
+                "free_mib": mib(g.free_bytes),
+                "used_mib": mib(g.used_bytes),
+                "other_mib": mib(g.other_bytes),
+                "models": {
+                    n: v["per_gpu_mib"].get(str(g.index), 0)
+                    for n, v in by_model.items()
+                    if str(g.index) in v["per_gpu_mib"]
+                },
+            }
+            for g in inv.gpus
+        ]
+        return {
+            "mode": inv.mode,
+            "gpus": gpus,
+            "cpu": {"total_mib": mib(inv.cpu_total_bytes), "available_mib": mib(inv.cpu_available_bytes)},
+            "placements": by_model,
+        }
+
+
+def own_pids_of(runtimes: dict[str, ModelRuntime]) -> list[int]:
+    pids = [os.getpid()]
+    for rt in runtimes.values():
+        if rt.child is not None and rt.child.pid is not None and rt.child.returncode is None:
+            pids.append(rt.child.pid)
+    return pids

@@ -1,1 +1,0 @@
-"""RPC method groups, one module per noun; `register_all` wires them explicitly."""

@@ -1,0 +1,267 @@
+"""Effects of the scheduler's decisions: start a server (binary, port, argv, readiness,
+hooks), stop one (hooks, SIGTERM, memory release), notice an exit nobody asked for, and
+the keep_alive timers that unload idle models.
+
+The scheduler decides *what* happens; this module does it and reports back through two
+callbacks: `changed` after anything that may make a waiter admissible, `idle` when a
+model's keep_alive ran out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+import aiohttp
+import structlog
+
+from guardian_supervisor.models.argv import build_argv, check_model
+from guardian_supervisor.models.launcher import Child, LoadError, llama_session, wait_ready
+from guardian_supervisor.models.plans import Go, LifecycleHook, Planner
+from guardian_supervisor.models.runtime import ModelRuntime, Profile, State
+from shared.config import Config, timeouts_for
+from shared.durations import parse_keep_alive
+from shared.errors import Code, GuardianError
+
+log = structlog.get_logger("lifecycle")
+
+
+def resolve_binary(binary: str) -> str | None:
+    """Absolute paths as given; bare names on PATH or beside this Python (the venv's bin)."""
+    if os.sep in binary:
+        return binary if os.access(binary, os.X_OK) else None
+    search = os.pathsep.join([os.environ.get("PATH", ""), os.path.dirname(sys.executable)])
+    return shutil.which(binary, path=search)
+
+
+class Lifecycle:
+    def __init__(
+        self,
+        config: Callable[[], Config],
+        planner: Planner,
+        runtimes: Callable[[], dict[str, ModelRuntime]],
+        changed: Callable[[], None],
+        idle: Callable[[ModelRuntime], None],
+    ) -> None:
+        self._config = config
+        self.planner = planner
+        self._runtimes = runtimes
+        self._changed = changed
+        self._idle = idle
+        self.hooks: list[LifecycleHook] = []
+        self._http: aiohttp.ClientSession | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.closing = False
+
+    @property
+    def config(self) -> Config:
+        return self._config()
+
+    # ---- start --------------------------------------------------------------------------
+
+    def pick_port(self, avoid: set[int] | None = None) -> int:
+        used = {rt.port for rt in self._runtimes().values() if rt.port is not None} | (avoid or set())
+        port = self.config.settings.supervisor.port_base
+        while port < 65535:
+            if port not in used:
+                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                    # As llama-server binds: a port whose old connections linger is usable.
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    try:
+                        s.bind(("127.0.0.1", port))
+                        return port
+                    except OSError:
+                        pass
+            port += 1
+        raise GuardianError(Code.LOAD_FAILED, "no free TCP port above supervisor.port_base")
+
+    async def launch(
+        self, rt: ModelRuntime, ctx: int, profile: Profile, plan: Go, internal: bool = False
+    ) -> GuardianError | None:
+        """Start `rt` and make it READY; on failure, the error its waiters should get."""
+        overrides: dict[str, Any] = dict(profile)
+        cfg, settings = replace(rt.config, **overrides), self.config.settings
+        backend_name = self.config.backend_name(cfg)
+        backend = settings.backends[backend_name]
+        problem = check_model(cfg, backend)
+        binary = await asyncio.to_thread(resolve_binary, backend.binary)  # stats the filesystem
+        if problem is None and binary is None:
+            problem = (
+                f"model '{cfg.name}': backend '{backend_name}' binary {backend.binary!r} was not found or is not executable; "
+                f"install it or set backends.{backend_name}.binary in settings.yaml"
+            )
+        if problem is not None:
+            await self.planner.after_stop(rt)
+            rt.last_error = problem
+            return GuardianError(
+                Code.BAD_FLAG if "flag" in problem or "kv_type" in problem else Code.LOAD_FAILED,
+                problem,
+                {"model": cfg.name},
+            )
+        assert binary is not None
+        rt.request_timeout_s, load_timeout = await asyncio.to_thread(timeouts_for, self.config, cfg)
+        slot_dir = settings.supervisor.data_dir / "slots" / cfg.name
+        rt.set_state(State.STARTING, "requested")
+        rt.last_error, rt.last_error_tail = None, []
+        t0 = time.monotonic()
+        env = {**os.environ, **plan.env} if plan.env else None  # None: inherit ours
+        child: Child | None = None
+        try:
+            await asyncio.to_thread(slot_dir.mkdir, parents=True, exist_ok=True)
+            taken: set[int] = set()
+            for attempt in (1, 2):
+                rt.port = self.pick_port(taken)
+                rt.argv = build_argv(
+                    cfg,
+                    backend,
+                    binary=binary,
+                    port=rt.port,
+                    ctx=ctx,
+                    placement=plan.placement,
+                    slot_dir=slot_dir,
+                )
+                child = Child(
+                    cfg.name,
+                    rt.argv,
+                    settings.supervisor.data_dir / "logs" / f"{cfg.name}.log",
+                    settings.supervisor.log_ring_lines,
+                )
+                child.on_exit = lambda c: self._on_exit(rt, c)
+                rt.child = child
+                await child.start(env)
+                try:
+                    await wait_ready(
+                        child,
+                        f"http://127.0.0.1:{rt.port}",
+                        self.session(),
+                        load_timeout,
+                        settings.supervisor.health_poll_ms / 1000,
+                    )
+                    break
+                except LoadError as e:
+                    # Another process took the port between our check and llama-server's bind.
+                    if attempt == 2 or e.timed_out or not any("bind" in line for line in e.tail):
+                        raise
+                    log.warning("port_taken_retrying", model=cfg.name, port=rt.port)
+                    taken.add(rt.port)
+        except (LoadError, OSError) as e:
+            timed_out = isinstance(e, LoadError) and e.timed_out
+            tail = e.tail if isinstance(e, LoadError) else []
+            if child is not None and child.proc is not None:
+                await child.stop(0 if timed_out else settings.supervisor.stop_grace_s)
+            msg = f"model '{cfg.name}' failed to load: {e}"
+            rt.last_error, rt.last_error_tail = msg, tail
+            if rt.state is State.STARTING:
+                rt.set_state(State.FAILED, str(e))
+            rt.port = None
+            await self.planner.after_stop(rt)
+            code = Code.LOAD_TIMEOUT if timed_out else Code.LOAD_FAILED
+            return GuardianError(code, msg, {"model": cfg.name, "log_tail": tail[-10:]})
+        except asyncio.CancelledError:
+            if child is not None:
+                await child.stop(0)
+            raise
+        rt.ctx, rt.profile, rt.internal = ctx, profile, internal
+        await self._run_hooks("model_started", rt)
+        rt.load_s = time.monotonic() - t0
+        rt.set_state(State.READY, f"healthy after {rt.load_s * 1000:.0f} ms")
+        self.planner.after_ready(rt, ctx)
+        self._changed()
+        self.arm_idle_timer(rt)
+        return None
+
+    # ---- stop ---------------------------------------------------------------------------
+
+    async def stop(self, rt: ModelRuntime, reason: str) -> None:
+        rt.cancel_idle_timer()
+        child = rt.child
+        was_serving = rt.state is State.READY and child is not None and child.returncode is None
+        if rt.state in (State.READY, State.STARTING, State.FAILED):
+            rt.set_state(State.STOPPING, reason)
+        if was_serving:
+            await self._run_hooks("model_stopping", rt, reason)
+        if child is not None:
+            if child.returncode is None:
+                await self.planner.before_stop(rt)
+            await child.stop(self.config.settings.supervisor.stop_grace_s)
+        if rt.state is State.STOPPING:
+            rt.set_state(State.STOPPED, f"exited with status {child.returncode if child else None}")
+        rt.port = None
+        rt.ctx, rt.profile, rt.internal = None, (), False
+        await self.planner.after_stop(rt)
+        self._changed()
+
+    def _on_exit(self, rt: ModelRuntime, child: Child) -> None:
+        if rt.child is not child or child.stop_requested:
+            return
+        if rt.state is State.READY:  # nobody asked: mark FAILED; the next request may start it again
+            rt.last_error = f"llama-server for '{rt.name}' exited unexpectedly with status {child.returncode}"
+            rt.last_error_tail = child.tail()
+            rt.set_state(State.FAILED, rt.last_error)
+            rt.cancel_idle_timer()
+            rt.port = None
+            self.background(self.planner.after_stop(rt))
+            self._changed()
+
+    def kill_all_now(self) -> None:
+        for rt in self._runtimes().values():
+            if rt.child is not None:
+                rt.child.kill_now()
+
+    # ---- idle unload (keep_alive) -------------------------------------------------------
+
+    def keep_alive_s(self, rt: ModelRuntime) -> float | None:
+        if rt.keep_alive_s is not None:
+            return None if rt.keep_alive_s < 0 else rt.keep_alive_s
+        default = (
+            rt.config.keep_alive
+            if rt.config.keep_alive is not None
+            else self.config.settings.supervisor.keep_alive
+        )
+        seconds = parse_keep_alive(default)
+        return None if seconds < 0 else seconds
+
+    def arm_idle_timer(self, rt: ModelRuntime) -> None:
+        rt.cancel_idle_timer()
+        if rt.state is not State.READY or rt.inflight > 0 or rt.config.pinned:
+            return
+        seconds = self.keep_alive_s(rt)
+        if seconds is None:
+            return
+        rt.idle_deadline_wall = time.time() + seconds
+        rt.idle_timer = asyncio.get_running_loop().call_later(seconds, self._idle_expired, rt)
+
+    def _idle_expired(self, rt: ModelRuntime) -> None:
+        rt.idle_timer = None
+        if rt.state is State.READY and rt.inflight == 0 and not self.closing:
+            self._idle(rt)
+
+    # ---- plumbing -----------------------------------------------------------------------
+
+    async def _run_hooks(self, name: str, rt: ModelRuntime, *args: Any) -> None:
+        for hook in self.hooks:
+            try:
+                await getattr(hook, name)(rt, *args)
+            except Exception:  # a hook never fails a load or a stop
+                log.exception("hook_failed", hook=type(hook).__name__, event=name, model=rt.name)
+
+    def background(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def session(self) -> aiohttp.ClientSession:
+        if self._http is None:
+            self._http = llama_session()
+        return self._http
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.close()

@@ -1,0 +1,123 @@
+"""argv for both flavors: every flag explicit, list form, flavor-specific forms and refusals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from guardian_supervisor.models.argv import Placement, build_argv, check_extra_args, check_model
+from shared.config import Backend, ModelConfig
+
+IK = Backend("/opt/ik/llama-server", "ik")
+UP = Backend("llama-server", "upstream")
+
+
+def model(**kw) -> ModelConfig:
+    base = {"name": "m", "path": Path("/models/m.gguf"), "context": 8192}
+    return ModelConfig(**{**base, **kw})
+
+
+def flag(argv: list[str], name: str) -> str | None:
+    return argv[argv.index(name) + 1] if name in argv else None
+
+
+@pytest.mark.parametrize("backend", [IK, UP])
+def test_common_flags(backend):
+    argv = build_argv(model(), backend, binary=backend.binary, port=11441)
+    assert argv[0] == backend.binary
+    assert flag(argv, "-m") == "/models/m.gguf"
+    assert flag(argv, "--host") == "127.0.0.1" and flag(argv, "--port") == "11441"
+    assert flag(argv, "--alias") == "m" and flag(argv, "-c") == "8192" and flag(argv, "-np") == "1"
+    assert flag(argv, "-ngl") == "99" and flag(argv, "-ctk") == "f16" and flag(argv, "-ctv") == "f16"
+    assert flag(argv, "-fa") == "auto" and "--jinja" in argv
+    assert all(isinstance(a, str) for a in argv)
+
+
+def test_upstream_turns_off_fit_and_ik_does_not_get_it():
+    up = build_argv(model(), UP, binary="llama-server", port=1)
+    ik = build_argv(model(), IK, binary="ik", port=1)
+    assert flag(up, "-fit") == "off"
+    assert "-fit" not in ik and "--fit" not in ik
+
+
+def test_context_is_per_slot_times_parallel():
+    argv = build_argv(model(parallel=4), UP, binary="x", port=1, ctx=4096)
+    assert flag(argv, "-c") == "16384" and flag(argv, "-np") == "4"
+
+
+def test_quantized_kv_forces_flash_attention():
+    argv = build_argv(model(kv_type="q4_0"), IK, binary="x", port=1)
+    assert flag(argv, "-ctk") == "q4_0" and flag(argv, "-ctv") == "q4_0" and flag(argv, "-fa") == "on"
+    assert check_model(model(kv_type="q8_0", flash_attn="off"), UP) is not None
+
+
+def test_tensor_split_from_config_and_from_placement():
+    argv = build_argv(model(tensor_split="0.55,0.45"), IK, binary="x", port=1)
+    assert flag(argv, "-ts") == "0.55,0.45" and flag(argv, "-sm") == "layer"
+    argv = build_argv(
+        model(),
+        UP,
+        binary="x",
+        port=1,
+        placement=Placement(n_gpu_layers=20, tensor_split=(3.0, 1.0), main_gpu=1),
+    )
+    assert flag(argv, "-ts") == "3,1" and flag(argv, "-ngl") == "20" and flag(argv, "-mg") == "1"
+    single = build_argv(model(), UP, binary="x", port=1, placement=Placement(tensor_split=(1.0,)))
+    assert "-ts" not in single
+
+
+def test_extra_args_split_like_a_shell_and_come_last():
+    argv = build_argv(model(extra_args="--override-kv 'a=str:b c' -t 8"), UP, binary="x", port=1)
+    assert argv[-4:] == ["--override-kv", "a=str:b c", "-t", "8"]
+
+
+def test_optional_flags():
+    argv = build_argv(
+        model(embeddings=True, threads=6, batch_size=1024, ubatch_size=256, mmproj=Path("/p.gguf")),
+        UP,
+        binary="x",
+        port=1,
+        slot_dir=Path("/s"),
+    )
+    assert (
+        "--embeddings" in argv
+        and flag(argv, "-t") == "6"
+        and flag(argv, "-b") == "1024"
+        and flag(argv, "-ub") == "256"
+    )
+    assert flag(argv, "--mmproj") == "/p.gguf" and flag(argv, "--slot-save-path") == "/s"
+
+
+@pytest.mark.parametrize(
+    ("flavor", "args", "bad"),
+    [
+        ("ik", ["-fmoe"], "-fmoe"),
+        ("ik", ["-sm", "row"], "-sm row"),
+        ("ik", ["-ngl", "auto"], "-ngl auto"),
+        ("ik", ["--no-jinja"], "--no-jinja"),
+        ("ik", ["-fit", "on"], "-fit"),
+        ("upstream", ["-mla", "3"], "-mla"),
+        ("upstream", ["-rtr"], "-rtr"),
+        ("upstream", ["-sm", "graph"], "-sm graph"),
+    ],
+)
+def test_flags_a_flavor_rejects_are_named(flavor, args, bad):
+    msg = check_extra_args(flavor, "qwen", args)
+    assert msg is not None and "'qwen'" in msg and bad in msg
+
+
+@pytest.mark.parametrize(
+    ("flavor", "args"),
+    [
+        ("ik", ["-mla", "3", "-amb", "512", "-sm", "graph"]),
+        ("upstream", ["-sm", "row", "-ngl", "auto", "--no-jinja"]),
+    ],
+)
+def test_flags_a_flavor_accepts(flavor, args):
+    assert check_extra_args(flavor, "m", args) is None
+
+
+def test_ik_only_cache_types():
+    assert check_model(model(kv_type="q6_0"), IK) is None
+    assert "ik_llama.cpp" in (check_model(model(kv_type="q6_0"), UP) or "")
