@@ -169,7 +169,7 @@ class Settings:
     supervisor: SupervisorSettings = field(default_factory=SupervisorSettings)
     backends: dict[str, Backend] = field(
         default_factory=lambda: {
-            "ik_fork": Backend("/opt/ik_llama.cpp/build/bin/llama-server", "ik"),
+            "ik_fork": Backend("llama-server-ik", "ik"),
             "official": Backend("llama-server", "upstream"),
         }
     )
@@ -215,8 +215,14 @@ class ModelConfig:
     cpu_offload: bool = False
     mmproj: Path | None = None
     aliases: tuple[str, ...] = ()
+    # A llama-server built-in template name (`--chat-template`, e.g. gemma, chatml, llama3)
+    # for models whose GGUF carries none: base models such as the embedded Gemma 3 270M.
+    chat_template: str | None = None
+    priority: int = 0  # breaks ties between models with waiters; higher goes first
 
     def validate(self) -> Problem:
+        if self.chat_template is not None and not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", self.chat_template):
+            return "chat_template", "must be a llama-server built-in template name such as gemma, chatml or llama3"
         if not self.path.is_file():
             return "path", f"model file not found: {self.path}"
         if self.context < 64:

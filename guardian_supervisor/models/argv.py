@@ -154,7 +154,12 @@ def build_argv(
         argv += ["-ub", str(model.ubatch_size)]
     if model.threads is not None:
         argv += ["-t", str(model.threads)]
-    argv += ["--jinja", "--metrics"]  # ik: jinja is off by default and tool calls need it
+    if model.chat_template is not None:
+        # A named built-in template is not a Jinja one: upstream's Jinja is on by default.
+        argv += ["--chat-template", model.chat_template] + ([] if ik else ["--no-jinja"])
+    else:
+        argv += ["--jinja"]  # ik: jinja is off by default and tool calls need it
+    argv += ["--metrics"]
     if not ik:
         argv += ["-fit", "off"]  # upstream would shrink ctx/ngl on its own; Guardian owns the budget
         argv += ["-lv", "4"]  # upstream prints its buffer sizes (the measured memory) only at -lv 4

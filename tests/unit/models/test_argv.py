@@ -121,3 +121,11 @@ def test_flags_a_flavor_accepts(flavor, args):
 def test_ik_only_cache_types():
     assert check_model(model(kv_type="q6_0"), IK) is None
     assert "ik_llama.cpp" in (check_model(model(kv_type="q6_0"), UP) or "")
+
+
+def test_chat_template_names_a_builtin_and_turns_jinja_off_on_upstream():
+    up = build_argv(model(chat_template="gemma"), UP, binary="llama-server", port=1)
+    ik = build_argv(model(chat_template="gemma"), IK, binary="ik", port=1)
+    assert flag(up, "--chat-template") == "gemma" and "--no-jinja" in up and "--jinja" not in up
+    # ik's Jinja is off unless asked for, and ik rejects --no-jinja.
+    assert flag(ik, "--chat-template") == "gemma" and "--jinja" not in ik and "--no-jinja" not in ik
