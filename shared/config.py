@@ -222,7 +222,10 @@ class ModelConfig:
 
     def validate(self) -> Problem:
         if self.chat_template is not None and not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", self.chat_template):
-            return "chat_template", "must be a llama-server built-in template name such as gemma, chatml or llama3"
+            return (
+                "chat_template",
+                "must be a llama-server built-in template name such as gemma, chatml or llama3",
+            )
         if not self.path.is_file():
             return "path", f"model file not found: {self.path}"
         if self.context < 64:

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import aiohttp
 
+from guardian_supervisor.models import child_auth
+
 LISTENING_RE = re.compile(rb"listening on (\S+)|HTTP server listening")
 LOG_ROTATE_BYTES = 20 * 2**20
 _PR_SET_PDEATHSIG = 1
@@ -70,9 +72,22 @@ class LoadError(Exception):
 class Child:
     """One llama-server process and what it printed."""
 
-    def __init__(self, name: str, argv: list[str], log_path: Path, ring_lines: int = 200) -> None:
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        log_path: Path,
+        ring_lines: int = 200,
+        *,
+        port: int | None = None,
+        key_dir: Path | None = None,
+    ) -> None:
         self.name = name
-        self.argv = argv
+        self.argv = argv  # as shown in status; the key-file flag is added only at spawn
+        self.port = port
+        self.key_dir = key_dir  # None: start without a key (only tests of the launcher itself)
+        self.api_key: str | None = None
+        self.key_file: Path | None = None
         self.log_path = log_path
         self.lines: deque[str] = deque(maxlen=ring_lines)
         self.proc: subprocess.Popen[bytes] | None = None
@@ -94,24 +109,35 @@ class Child:
     async def start(self, env: dict[str, str] | None = None) -> None:
         self.started_at = time.monotonic()
         await asyncio.get_running_loop().run_in_executor(_spawner, self._spawn, env)
+        if self.port is not None and self.api_key is not None and self.returncode is None:
+            child_auth.KEYS[self.port] = self.api_key
 
     def _spawn(self, env: dict[str, str] | None) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = _RotatingLog(self.log_path)
         log.write(f"=== {time.strftime('%Y-%m-%dT%H:%M:%S')} start: {' '.join(self.argv)}\n".encode())
+        argv = list(self.argv)
+        if self.key_dir is not None:
+            self.api_key = child_auth.new_key()
+            self.key_file = child_auth.write_key_file(
+                self.key_dir, f"{self.name}-{self.port}-{os.getpid()}.key", self.api_key
+            )
+            argv += ["--api-key-file", str(self.key_file)]
         try:
             self.proc = subprocess.Popen(
-                self.argv,
+                argv,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,  # upstream logs on stderr, ik on stdout: read both
                 start_new_session=True,
                 preexec_fn=_die_with_parent,
-                env=env,
+                env=child_auth.child_env(os.environ if env is None else env),
             )
         except OSError as e:
             log.write(f"=== cannot start: {e}\n".encode())
             log.close()
+            self._remove_key_file()
+            self._notify(self._forget_key)
             raise
         threading.Thread(
             target=self._read, args=(self.proc, log), name=f"log-{self.name}", daemon=True
@@ -128,13 +154,24 @@ class Child:
             rc = proc.wait()
             log.write(f"=== exited with status {rc}\n".encode())
             log.close()
+        self._remove_key_file()
         self._notify(lambda: self._exited(rc))
 
     def _notify(self, fn: Callable[[], None]) -> None:
         with contextlib.suppress(RuntimeError):  # loop already closed at shutdown
             self._loop.call_soon_threadsafe(fn)
 
+    def _remove_key_file(self) -> None:  # in a thread: file work stays off the loop
+        if self.key_file is not None:
+            with contextlib.suppress(OSError):
+                self.key_file.unlink()
+
+    def _forget_key(self) -> None:  # on the loop, which owns KEYS
+        if self.port is not None and child_auth.KEYS.get(self.port) == self.api_key:
+            del child_auth.KEYS[self.port]
+
     def _exited(self, rc: int) -> None:
+        self._forget_key()
         self.returncode = rc
         self.exited.set()
         self.wake.set()
@@ -170,7 +207,9 @@ class Child:
 def llama_session() -> aiohttp.ClientSession:
     """HTTP to Guardian's own llama-servers. No keep-alive: a port may belong to a different
     server after the next swap, so a pooled connection could go stale or reach the wrong one."""
-    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(force_close=True), middlewares=(child_auth.add_child_key,)
+    )
 
 
 async def wait_ready(

@@ -132,6 +132,8 @@ class Lifecycle:
                     rt.argv,
                     settings.supervisor.data_dir / "logs" / f"{cfg.name}.log",
                     settings.supervisor.log_ring_lines,
+                    port=rt.port,
+                    key_dir=settings.supervisor.data_dir / "run" / "keys",
                 )
                 child.on_exit = lambda c: self._on_exit(rt, c)
                 rt.child = child

@@ -1,0 +1,52 @@
+"""Audit findings against the real Guardian and a real llama-server (issue 13)."""
+
+from __future__ import annotations
+
+import stat
+import time
+from collections.abc import Callable
+
+import httpx
+import psutil
+
+from tests.harness import Guardian
+
+
+def test_llama_server_port_needs_guardians_key(guardian_factory: Callable[..., Guardian]) -> None:
+    """The child's port refuses keyless calls; the key is in a 0600 file, never on argv;
+    the proxy (and the supervisor's own calls) still get through; the file goes at exit."""
+    g = guardian_factory(env={"LLAMA_ARG_API_KEY": "", "LLAMA_API_KEY": "foreign"})
+    body = {"model": "demo-a", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    r = httpx.post(g.url + "/v1/chat/completions", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    m = g.model("demo-a")
+    direct = f"http://127.0.0.1:{m['port']}"
+    assert httpx.post(direct + "/v1/chat/completions", json=body, timeout=30).status_code == 401
+    foreign = {"Authorization": "Bearer foreign"}  # LLAMA_API_KEY is not passed on
+    assert (
+        httpx.post(direct + "/v1/chat/completions", json=body, headers=foreign, timeout=30).status_code == 401
+    )
+    assert httpx.get(direct + "/slots", timeout=30).status_code == 401
+    key_headers = g.child_headers("demo-a")
+    assert (
+        httpx.post(direct + "/v1/chat/completions", json=body, headers=key_headers, timeout=30).status_code
+        == 200
+    )
+
+    key = key_headers["Authorization"].removeprefix("Bearer ")
+    pid = m["pid"]
+    cmdline = " ".join(psutil.Process(pid).cmdline())
+    assert key not in cmdline and "--api-key-file" in cmdline
+    env = psutil.Process(pid).environ()
+    assert not any(k.startswith("LLAMA_ARG_") for k in env) and "LLAMA_API_KEY" not in env
+    (key_file,) = (g.root / "data" / "run" / "keys").glob("demo-a-*.key")
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert stat.S_IMODE(key_file.parent.stat().st_mode) == 0o700
+
+    # A session save goes through the supervisor's slot calls, which must carry the key.
+    g.rpc("models.unload", {"model": "demo-a"})
+    deadline = time.monotonic() + 20
+    while key_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not key_file.exists()
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
