@@ -75,7 +75,7 @@ def make_auth_middleware(store: KeyStore, required: Callable[[], bool]) -> Middl
 
     `required()` is asked on each request (after the key file is refreshed), so the caller can
     implement "settings auth.required, default: true once any key exists" with
-    `lambda: cfg if cfg is not None else store.any_keys()`.
+    `lambda: cfg if cfg is not None else store.keys_seen()`.
     """
     # Strong references to background flushes, or the loop may drop them mid-write.
     pending_flushes: set[asyncio.Task[bool]] = set()
@@ -89,6 +89,13 @@ def make_auth_middleware(store: KeyStore, required: Callable[[], bool]) -> Middl
         if not required():
             request[API_KEY] = None
             return await handler(request)
+        if not store.any_keys():
+            return _unauthorized(
+                request,
+                "API keys are required but none exist (all were revoked, or the key file was "
+                "emptied or deleted); " + _HOW_TO_CREATE + ", or set 'auth.required: false' "
+                "in settings.yaml to serve without keys",
+            )
         secret = _presented_key(request)
         if secret is None:
             return _unauthorized(

@@ -50,3 +50,22 @@ def test_llama_server_port_needs_guardians_key(guardian_factory: Callable[..., G
         time.sleep(0.1)
     assert not key_file.exists()
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_auth_stays_on_after_the_last_key_goes(guardian_factory: Callable[..., Guardian]) -> None:
+    """Fail-open: revoking the last key, or deleting the key file, must not open the door."""
+    g = guardian_factory()
+    secret = g.ctl("keys", "create", "alice").stdout.strip().splitlines()[-1].split()[-1]
+    assert secret.startswith("flip_")
+    auth = {"Authorization": f"Bearer {secret}"}
+    assert httpx.get(g.url + "/api/tags", headers=auth, timeout=30).status_code == 200
+    assert httpx.get(g.url + "/api/tags", timeout=30).status_code == 401
+    assert g.ctl("keys", "revoke", "alice").returncode == 0
+    time.sleep(0.4)  # the proxy re-reads the key file at most every 0.25 s
+    for headers in (auth, {}):
+        r = httpx.get(g.url + "/api/tags", headers=headers, timeout=30)
+        assert r.status_code == 401, r.text
+        assert "guardianctl keys create" in r.text and "auth.required: false" in r.text
+    (g.root / "data" / "api_keys.json").unlink()
+    time.sleep(0.4)
+    assert httpx.get(g.url + "/v1/models", timeout=30).status_code == 401
