@@ -336,7 +336,7 @@ def load_config(config_dir: Path) -> Config:
     for raw_name, node in entries.items():
         name = str(raw_name)
         ctx = models_ctx.child(name, node, entries)
-        if not MODEL_NAME_RE.match(name):
+        if not MODEL_NAME_RE.fullmatch(name):
             raise ctx.error("model names use letters, digits, '.', '_', '-' and one optional ':tag'")
         model = build_dataclass(ModelConfig, node, ctx, extra={"name": name})
         backend = model.backend or settings.default_backend

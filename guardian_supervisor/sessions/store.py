@@ -24,15 +24,15 @@ from typing import Any
 from shared.atomic import read_json, write_json_atomic
 from shared.errors import Code, GuardianError
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-STEM_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,79}$")  # names, plus the carry stems
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # fullmatch only: "$" lets a trailing newline in
+STEM_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,79}")  # names, plus the carry stems
 CARRY_PREFIX = "_carry-slot"
 MANIFEST_VERSION = 1
 
 
 def check_name(name: object) -> str:
     """A session name, or INVALID_PARAMS saying what is allowed."""
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise GuardianError(
             Code.INVALID_PARAMS,
             f"invalid session name {name!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit",
@@ -163,7 +163,7 @@ class SessionStore:
         """`<model dir>/<stem><suffix>`, refusing anything that would resolve elsewhere."""
         d = self.model_dir(model)
         p = d / f"{stem}{suffix}"
-        if not STEM_RE.match(stem) or p.parent != d:
+        if not STEM_RE.fullmatch(stem) or p.parent != d:
             raise GuardianError(Code.INVALID_PARAMS, f"session file name {stem!r} is not allowed")
         return p
 
@@ -246,7 +246,7 @@ class SessionStore:
         by_stem: dict[str, tuple[float, int]] = {}  # stem → (last use, bytes)
         with contextlib.suppress(OSError):
             for p in d.iterdir():
-                if p.suffix not in (".bin", ".partial") or not STEM_RE.match(p.stem) or not p.is_file():
+                if p.suffix not in (".bin", ".partial") or not STEM_RE.fullmatch(p.stem) or not p.is_file():
                     continue  # not a file Guardian or llama-server wrote for a session
                 size = p.stat().st_size
                 m = self.read(model, p.stem) if p.suffix == ".bin" else None

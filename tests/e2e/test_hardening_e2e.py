@@ -69,3 +69,18 @@ def test_auth_stays_on_after_the_last_key_goes(guardian_factory: Callable[..., G
     (g.root / "data" / "api_keys.json").unlink()
     time.sleep(0.4)
     assert httpx.get(g.url + "/v1/models", timeout=30).status_code == 401
+
+
+def test_huge_keep_alive_does_not_break_ps(guardian_factory: Callable[..., Guardian]) -> None:
+    g = guardian_factory()
+    body = {
+        "model": "demo-a",
+        "prompt": "hi",
+        "stream": False,
+        "keep_alive": 1e19,
+        "options": {"num_predict": 1},
+    }
+    assert httpx.post(g.url + "/api/generate", json=body, timeout=60).status_code == 200
+    r = httpx.get(g.url + "/api/ps", timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.json()["models"][0]["name"].startswith("demo-a")

@@ -56,7 +56,7 @@ def test_good_names(name):
 
 
 @pytest.mark.parametrize(
-    "name", ["", ".x", "_carry-slot0", "-x", "a/b", "../x", "a b", "a:b", "x" * 65, None, 3]
+    "name", ["", ".x", "_carry-slot0", "-x", "a/b", "../x", "a b", "a:b", "x" * 65, None, 3, "conv\n", "a\nb"]
 )
 def test_bad_names(name):
     with pytest.raises(GuardianError) as e:
