@@ -11,6 +11,7 @@ from guardian_proxy import dashboard, ollama_http, openai_routes, sessions_route
 from guardian_proxy.auth import make_auth_middleware
 from guardian_proxy.context import CTX_KEY, ProxyContext
 from guardian_proxy.middleware import make_error_middleware
+from guardian_proxy.request_limits import make_encoding_middleware
 from guardian_proxy.supervisor_link import SupervisorLink
 from shared.config import Config
 
@@ -27,6 +28,7 @@ def create_app(pc: ProxyContext) -> web.Application:
     middlewares = [
         ollama_http.make_cors_middleware(),  # first: preflights carry no key; refused origins stop here
         make_error_middleware(pc.config.settings.proxy.max_body_mb),
+        make_encoding_middleware(),  # before the body is read (and inflated)
         make_auth_middleware(pc.keys, pc.auth_required),
     ]
     app = web.Application(client_max_size=max_body, middlewares=middlewares)

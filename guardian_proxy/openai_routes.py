@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 
-from guardian_proxy import validate
+from guardian_proxy import request_limits, validate
 from guardian_proxy.auth import allowed_models, check_model_scope
 from guardian_proxy.context import ProxyContext, ctx_of
 from guardian_proxy.errors_http import openai_error, openai_from
@@ -19,7 +18,7 @@ from shared.errors import GuardianError
 async def read_json(request: web.Request) -> tuple[bytes, dict[str, Any]] | web.Response:
     body = await request.read()
     try:
-        payload = json.loads(body)
+        payload = request_limits.loads(body)
     except ValueError as e:
         return openai_error(400, f"request body is not valid JSON: {e}")
     if not isinstance(payload, dict):
@@ -29,6 +28,10 @@ async def read_json(request: web.Request) -> tuple[bytes, dict[str, Any]] | web.
         return openai_error(
             400, "'model' is required: name one of the models listed at /v1/models", param="model"
         )
+    if problem := request_limits.too_many_messages(
+        payload, ctx_of(request).config.settings.proxy.max_messages
+    ):
+        return openai_error(400, problem, param="messages")
     return body, payload
 
 

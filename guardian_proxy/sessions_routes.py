@@ -12,11 +12,11 @@ their sessions. Errors are `{"error": "..."}` with the status of the supervisor'
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from aiohttp import web
 
+from guardian_proxy import request_limits
 from guardian_proxy.auth import allowed_models, check_model_scope
 from guardian_proxy.context import ctx_of
 from guardian_proxy.ollama import OllamaError
@@ -30,7 +30,7 @@ async def _body(request: web.Request, optional: bool = False) -> dict[str, Any]:
     if optional and not raw.strip():
         return {}
     try:
-        payload = json.loads(raw)
+        payload = request_limits.loads(raw)
     except ValueError as e:
         raise OllamaError(400, f"request body is not valid JSON: {e}") from None
     if not isinstance(payload, dict):

@@ -29,7 +29,8 @@ class ProxySettings:
     ui_port: int = 11437
     vram_limit_mb: int | None = None
     target: str | None = None  # the brief's single upstream address; kept for compatibility, unused
-    max_body_mb: float = 64.0
+    max_body_mb: float = 24.0  # a chat with a few base64 images; bodies are parsed in memory
+    max_messages: int = 4096  # per request: llama-server's template rendering is superlinear
     request_queue_limit: int = 512
 
     def validate(self) -> Problem:
@@ -38,6 +39,8 @@ class ProxySettings:
                 return key, "must be a TCP port between 0 and 65535"
         if self.vram_limit_mb is not None and self.vram_limit_mb <= 0:
             return "vram_limit_mb", "must be a positive number of MiB"
+        if self.max_messages < 1:
+            return "max_messages", "must be a positive number of messages per request"
         return None
 
 

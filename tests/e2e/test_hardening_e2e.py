@@ -84,3 +84,31 @@ def test_huge_keep_alive_does_not_break_ps(guardian_factory: Callable[..., Guard
     r = httpx.get(g.url + "/api/ps", timeout=30)
     assert r.status_code == 200, r.text
     assert r.json()["models"][0]["name"].startswith("demo-a")
+
+
+def test_request_body_limits(guardian_factory: Callable[..., Guardian]) -> None:
+    """Compressed bodies 415, deep nesting 400 in each API's shape, message count capped."""
+    import gzip
+
+    g = guardian_factory(settings={"proxy": {"max_messages": 50}})
+    small = b'{"model": "demo-a", "messages": [{"role": "user", "content": "hi"}]}'
+    for path in ("/api/chat", "/v1/chat/completions"):
+        r = httpx.post(
+            g.url + path,
+            content=gzip.compress(small),
+            headers={"Content-Encoding": "gzip", "Content-Type": "application/json"},
+            timeout=30,
+        )
+        assert r.status_code == 415 and "uncompressed" in r.text, r.text
+    deep = b'{"model": "demo-a", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    r = httpx.post(g.url + "/api/chat", content=deep, timeout=30)
+    assert r.status_code == 400 and "nested too deeply" in r.json()["error"]
+    r = httpx.post(g.url + "/v1/chat/completions", content=deep, timeout=30)
+    assert r.status_code == 400 and "nested too deeply" in r.json()["error"]["message"]
+    r = httpx.post(g.url + "/guardian/sessions", content=deep, timeout=30)
+    assert r.status_code == 400, r.text
+    many = [{"role": "user", "content": "x"}] * 51
+    r = httpx.post(g.url + "/api/chat", json={"model": "demo-a", "messages": many}, timeout=30)
+    assert r.status_code == 400 and "proxy.max_messages" in r.json()["error"]
+    r = httpx.post(g.url + "/v1/chat/completions", json={"model": "demo-a", "messages": many}, timeout=30)
+    assert r.status_code == 400 and "too many messages: 51" in r.json()["error"]["message"]
