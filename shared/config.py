@@ -31,6 +31,12 @@ class ProxySettings:
     target: str | None = None  # the brief's single upstream address; kept for compatibility, unused
     max_body_mb: float = 24.0  # a chat with a few base64 images; bodies are parsed in memory
     max_messages: int = 4096  # per request: llama-server's template rendering is superlinear
+    # Slowloris / fd exhaustion (shared/conn_guard.py); keep max_connections under LimitNOFILE.
+    max_connections: int = 768
+    max_connections_per_ip: int = 256
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 60.0
+    keepalive_s: float = 15.0
     request_queue_limit: int = 512
 
     def validate(self) -> Problem:
@@ -39,6 +45,12 @@ class ProxySettings:
                 return key, "must be a TCP port between 0 and 65535"
         if self.vram_limit_mb is not None and self.vram_limit_mb <= 0:
             return "vram_limit_mb", "must be a positive number of MiB"
+        for key in ("max_connections", "max_connections_per_ip"):
+            if getattr(self, key) < 1:
+                return key, "must be a positive number of connections"
+        for key in ("header_timeout_s", "body_timeout_s", "keepalive_s"):
+            if not 0 < getattr(self, key) <= 3600:
+                return key, "must be between 0 and 3600 seconds"
         if self.max_messages < 1:
             return "max_messages", "must be a positive number of messages per request"
         return None
