@@ -12,6 +12,7 @@ from guardian_proxy import dashboard, ollama_http, openai_routes, sessions_route
 from guardian_proxy.auth import make_auth_middleware
 from guardian_proxy.context import CTX_KEY, ProxyContext
 from guardian_proxy.errors_http import api_error
+from guardian_proxy.host_check import make_host_middleware
 from guardian_proxy.middleware import make_error_middleware
 from guardian_proxy.request_limits import make_encoding_middleware
 from guardian_proxy.supervisor_link import SupervisorLink
@@ -35,6 +36,10 @@ def create_app(pc: ProxyContext) -> web.Application:
         make_auth_middleware(pc.keys, pc.auth_required),
         conn_guard.body_timeout_middleware(pc.config.settings.proxy.body_timeout_s, api_error),
     ]
+    if host_check := make_host_middleware(
+        pc.config.settings.proxy.host, pc.config.settings.proxy.allowed_hosts
+    ):
+        middlewares.insert(0, host_check)  # first: a rebound page gets nothing, not even CORS
     app = web.Application(client_max_size=max_body, middlewares=middlewares)
     app.on_response_prepare.append(ollama_http.on_prepare)  # CORS header on every answer
     app[CTX_KEY] = pc

@@ -33,6 +33,7 @@ class ProxySettings:
     max_messages: int = 4096  # per request: llama-server's template rendering is superlinear
     # Slowloris / fd exhaustion (shared/conn_guard.py); keep max_connections under LimitNOFILE.
     max_connections: int = 768
+    allowed_hosts: tuple[str, ...] = ()  # Host names accepted besides local ones (DNS rebinding)
     max_connections_per_ip: int = 256
     header_timeout_s: float = 10.0
     body_timeout_s: float = 60.0

@@ -112,3 +112,15 @@ def test_request_body_limits(guardian_factory: Callable[..., Guardian]) -> None:
     assert r.status_code == 400 and "proxy.max_messages" in r.json()["error"]
     r = httpx.post(g.url + "/v1/chat/completions", json={"model": "demo-a", "messages": many}, timeout=30)
     assert r.status_code == 400 and "too many messages: 51" in r.json()["error"]["message"]
+
+
+def test_host_header_allow_list(guardian_factory: Callable[..., Guardian]) -> None:
+    """DNS rebinding: a foreign Host is refused on the API and the dashboard; local names,
+    IPs and proxy.allowed_hosts pass."""
+    g = guardian_factory(settings={"proxy": {"allowed_hosts": ["guardian.example"]}})
+    ui = f"http://127.0.0.1:{g.settings['proxy']['ui_port']}"
+    for base, path in ((g.url, "/api/tags"), (ui, "/status.json")):
+        r = httpx.get(base + path, headers={"Host": "evil.example"}, timeout=30)
+        assert r.status_code == 403 and "proxy.allowed_hosts" in r.text, r.text
+        for host in ("localhost:11434", "127.0.0.1", "[::1]:80", "guardian.example", "box.local"):
+            assert httpx.get(base + path, headers={"Host": host}, timeout=30).status_code == 200, host
