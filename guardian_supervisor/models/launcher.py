@@ -35,29 +35,65 @@ _spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="guardian-spawn"
 
 
 def _die_with_parent() -> None:
+    os.umask(0o077)  # slot files llama-server saves are private whatever our umask
     with contextlib.suppress(Exception):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+def open_private(path: Path, flags: int = os.O_WRONLY | os.O_APPEND | os.O_CREAT) -> int:
+    """Open `path` 0600 whatever the umask, refusing a symlink at it or at its directory
+    (a link planted in data/logs must not redirect Guardian's writes)."""
+    if path.parent.is_symlink():
+        raise OSError(f"{path.parent} is a symbolic link; refusing to write there")
+    fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    os.fchmod(fd, 0o600)
+    return fd
+
+
+def make_private_dir(path: Path) -> None:
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if path.is_symlink():
+        raise OSError(f"{path} is a symbolic link; refusing to use it")
+    os.chmod(path, 0o700)
+
+
 class _RotatingLog:
-    """Append-only log that moves itself to `.log.1` past LOG_ROTATE_BYTES (one thread only)."""
+    """Append-only log that moves itself to `.log.1` past LOG_ROTATE_BYTES (one thread only).
+
+    A failed write (ENOSPC, EIO) drops that line and counts it: the reader thread must live
+    on, or nobody notices the server's exit.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._f = open(path, "ab", buffering=0)
-        self._size = self._f.tell()
+        self._fd: int | None = open_private(path)
+        self._size = os.fstat(self._fd).st_size
+        self.dropped = 0
 
     def write(self, data: bytes) -> None:
-        if self._size + len(data) > LOG_ROTATE_BYTES:
-            self._f.close()
+        try:
+            if self._size + len(data) > LOG_ROTATE_BYTES or self._fd is None:
+                self._reopen()
+            assert self._fd is not None
+            os.write(self._fd, data)
+            self._size += len(data)
+        except OSError:
+            self.dropped += 1
+
+    def _reopen(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
             os.replace(self.path, self.path.with_suffix(".log.1"))
-            self._f = open(self.path, "ab", buffering=0)
-            self._size = 0
-        self._f.write(data)
-        self._size += len(data)
+        self._fd = open_private(self.path)
+        self._size = 0
+        if self.dropped:
+            self.write(f"=== {self.dropped} log lines dropped (write failed)\n".encode())
 
     def close(self) -> None:
-        self._f.close()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 class LoadError(Exception):
@@ -113,7 +149,7 @@ class Child:
             child_auth.KEYS[self.port] = self.api_key
 
     def _spawn(self, env: dict[str, str] | None) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.log_path.parent)
         log = _RotatingLog(self.log_path)
         log.write(f"=== {time.strftime('%Y-%m-%dT%H:%M:%S')} start: {' '.join(self.argv)}\n".encode())
         argv = list(self.argv)
@@ -145,12 +181,14 @@ class Child:
 
     def _read(self, proc: subprocess.Popen[bytes], log: _RotatingLog) -> None:
         assert proc.stdout is not None
-        with proc.stdout:
-            for raw in proc.stdout:
-                log.write(raw)
-                self.lines.append(raw.decode("utf-8", "replace").rstrip())
-                if LISTENING_RE.search(raw):
-                    self._notify(self.wake.set)
+        try:
+            with proc.stdout:
+                for raw in proc.stdout:
+                    log.write(raw)
+                    self.lines.append(raw.decode("utf-8", "replace").rstrip())
+                    if LISTENING_RE.search(raw):
+                        self._notify(self.wake.set)
+        finally:  # whatever happened above, the exit must be noticed
             rc = proc.wait()
             log.write(f"=== exited with status {rc}\n".encode())
             log.close()

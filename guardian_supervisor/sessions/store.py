@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import stat
 import time
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
@@ -157,6 +158,10 @@ class SessionStore:
         d = self.root / model
         if d.parent != self.root or model in ("", ".", "..") or "/" in model:
             raise GuardianError(Code.INVALID_PARAMS, f"model name {model!r} cannot name a directory")
+        if d.is_symlink() or self.root.is_symlink():  # deletes there would land in the target
+            raise GuardianError(
+                Code.INVALID_PARAMS, f"{d} is (under) a symbolic link; Guardian does not follow links here"
+            )
         return d
 
     def path(self, model: str, stem: str, suffix: str) -> Path:
@@ -214,14 +219,14 @@ class SessionStore:
         final = self.path(m.model, m.stem, ".bin")
         m.bytes = partial.stat().st_size
         os.replace(partial, final)
-        write_json_atomic(self.path(m.model, m.stem, ".json"), asdict(m))
+        write_json_atomic(self.path(m.model, m.stem, ".json"), asdict(m), mode=0o600)
         return m
 
     def touch(self, m: Manifest, when: float | None = None) -> None:
         """Record a use (LRU order); a manifest that vanished meanwhile stays vanished."""
         m.used = time.time() if when is None else when
         if self.path(m.model, m.stem, ".json").exists():
-            write_json_atomic(self.path(m.model, m.stem, ".json"), asdict(m))
+            write_json_atomic(self.path(m.model, m.stem, ".json"), asdict(m), mode=0o600)
 
     def delete(self, model: str, stem: str) -> bool:
         """Remove a session's files; the manifest first, so no manifest points at nothing."""
@@ -246,9 +251,14 @@ class SessionStore:
         by_stem: dict[str, tuple[float, int]] = {}  # stem → (last use, bytes)
         with contextlib.suppress(OSError):
             for p in d.iterdir():
-                if p.suffix not in (".bin", ".partial") or not STEM_RE.fullmatch(p.stem) or not p.is_file():
+                st = p.lstat()  # a symlink is never a session file: not followed, not deleted
+                if (
+                    p.suffix not in (".bin", ".partial")
+                    or not STEM_RE.fullmatch(p.stem)
+                    or not stat.S_ISREG(st.st_mode)
+                ):
                     continue  # not a file Guardian or llama-server wrote for a session
-                size = p.stat().st_size
+                size = st.st_size
                 m = self.read(model, p.stem) if p.suffix == ".bin" else None
                 used = m.used if m is not None else 0.0  # orphans first
                 last, total = by_stem.get(p.stem, (used, 0))
@@ -265,7 +275,8 @@ class SessionStore:
 
     def total_bytes(self, model: str) -> int:
         with contextlib.suppress(OSError):
-            return sum(p.stat().st_size for p in self.model_dir(model).iterdir() if p.is_file())
+            sizes = (p.lstat() for p in self.model_dir(model).iterdir())
+            return sum(st.st_size for st in sizes if stat.S_ISREG(st.st_mode))
         return 0
 
 
