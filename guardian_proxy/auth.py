@@ -123,17 +123,17 @@ def get_api_key(request: web.Request) -> KeyRecord | None:
 
 
 def check_model_scope(request: web.Request, model: str) -> None:
-    """Raise 403 (in the API's shape) if the request's key may not use `model`."""
+    """Raise 404 (in the API's shape) if the request's key may not use `model`: the very
+    answer a model that does not exist gets, so a scoped key cannot probe which names do."""
     record = get_api_key(request)
     if record is None or record.allows(model):
         return
-    message = f'key "{record.name}" may not use model "{model}"'
+    message = f"model '{model}' not found"
     if is_openai(request):
-        # The type this answer has always had, not the generic 403 permission_error.
-        resp = openai_error(403, message, "model_not_allowed", "model", type_="invalid_request_error")
+        resp = openai_error(404, message, "model_not_found", "model")
     else:
-        resp = ollama_error(403, message)
-    raise web.HTTPForbidden(text=resp.text, content_type="application/json")
+        resp = ollama_error(404, message)
+    raise web.HTTPNotFound(text=resp.text, content_type="application/json")
 
 
 def allowed_models(request: web.Request, names: Iterable[str]) -> list[str]:

@@ -124,3 +124,10 @@ def test_host_header_allow_list(guardian_factory: Callable[..., Guardian]) -> No
         assert r.status_code == 403 and "proxy.allowed_hosts" in r.text, r.text
         for host in ("localhost:11434", "127.0.0.1", "[::1]:80", "guardian.example", "box.local"):
             assert httpx.get(base + path, headers={"Host": host}, timeout=30).status_code == 200, host
+
+
+def test_answers_do_not_reveal_server_paths(guardian_factory: Callable[..., Guardian]) -> None:
+    g = guardian_factory()
+    r = httpx.post(g.url + "/api/create", json={"model": "mine", "from": "demo-a"}, timeout=30)
+    assert r.status_code == 400 and "models.yaml" in r.text, r.text
+    assert str(g.root) not in r.text
