@@ -64,6 +64,7 @@ class Manifest:
     created: float
     used: float
     version: int = MANIFEST_VERSION
+    owner: str | None = None  # id of the API key that saved it; None: saved without a key
 
     @property
     def stem(self) -> str:
@@ -75,12 +76,14 @@ class Manifest:
         if not isinstance(data, dict) or data.get("version") != MANIFEST_VERSION:
             return None
         try:
-            kwargs = {f.name: data[f.name] for f in fields(cls)}
+            kwargs = {f.name: data[f.name] for f in fields(cls) if f.name != "owner"}
         except KeyError:
             return None
-        m = cls(**kwargs)
+        m = cls(**kwargs, owner=data.get("owner"))
         ints = (m.model_size, m.model_mtime_ns, m.ctx, m.slot, m.n_tokens, m.bytes)
         if not all(isinstance(x, int) for x in ints) or not isinstance(m.name, str):
+            return None
+        if m.owner is not None and not isinstance(m.owner, str):
             return None
         return m
 
@@ -97,6 +100,7 @@ class Manifest:
             "kv_type": self.kv_type,
             "created_at": _iso(self.created),
             "used_at": _iso(self.used),
+            "owner": self.owner,
         }
 
 

@@ -195,6 +195,7 @@ def test_manifest_public_view():
         "ctx",
         "kv_type",
         "created_at",
+        "owner",
         "used_at",
     }
     assert asdict(manifest())["version"] == 1
