@@ -60,6 +60,8 @@ class ProxySettings:
 @dataclass(frozen=True)
 class SupervisorSettings:
     socket: Path = Path("run/supervisor.sock")
+    # Group for a read-only status socket beside it (supervisor-status.sock); None: none.
+    status_group: str | None = None
     data_dir: Path = Path("data")
     port_base: int = 11440
     stop_grace_s: float = 10.0
@@ -297,6 +299,10 @@ class Config:
     def socket_path(self) -> Path:
         return self.settings.supervisor.socket
 
+    @property
+    def status_socket_path(self) -> Path:
+        return status_socket_path(self.settings.supervisor.socket)
+
     def backend_of(self, model: ModelConfig) -> Backend:
         return self.settings.backends[model.backend or self.settings.default_backend]
 
@@ -314,6 +320,11 @@ def _check_shell_words(key: str, text: str) -> Problem:
 
 def default_config_dir() -> Path:
     return Path(os.environ.get("GUARDIAN_CONFIG_DIR", "etc")).resolve()
+
+
+def status_socket_path(socket: Path) -> Path:
+    """The read-only status socket that sits beside the admin socket."""
+    return socket.with_name("supervisor-status.sock")
 
 
 def load_settings(config_dir: Path) -> Settings:

@@ -131,3 +131,31 @@ def test_answers_do_not_reveal_server_paths(guardian_factory: Callable[..., Guar
     r = httpx.post(g.url + "/api/create", json={"model": "mine", "from": "demo-a"}, timeout=30)
     assert r.status_code == 400 and "models.yaml" in r.text, r.text
     assert str(g.root) not in r.text
+
+
+def test_rpc_socket_comes_back_and_status_socket_is_read_only(
+    guardian_factory: Callable[..., Guardian],
+) -> None:
+    import grp
+    import os
+
+    import pytest
+
+    from shared.errors import GuardianError
+    from shared.rpc import call_sync
+
+    group = grp.getgrgid(os.getgid()).gr_name
+    g = guardian_factory(settings={"supervisor": {"status_group": group}})
+    ro = g.socket.with_name("supervisor-status.sock")
+    assert stat.S_IMODE(ro.stat().st_mode) == 0o660 and ro.stat().st_gid == os.getgid()
+    assert call_sync(ro, "models.status", {}, 10)["models"]
+    with pytest.raises(GuardianError) as e:
+        call_sync(ro, "models.load", {"model": "demo-a"}, 10)
+    assert "read-only status socket" in e.value.message
+
+    g.socket.unlink()  # guardianctl would be locked out until a restart
+    deadline = time.monotonic() + 10
+    while not g.socket.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert g.rpc("models.status")["models"]
+    assert g.ctl("status").returncode == 0
