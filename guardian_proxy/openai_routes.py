@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -9,6 +10,7 @@ from aiohttp import web
 
 from guardian_proxy import request_limits, validate
 from guardian_proxy.auth import allowed_models, check_model_scope
+from guardian_proxy.cache_isolation import isolating, without_reuse
 from guardian_proxy.context import ProxyContext, ctx_of
 from guardian_proxy.errors_http import openai_error, openai_from
 from guardian_proxy.relay import UpstreamError, leased, pipe, upstream
@@ -49,6 +51,8 @@ def make_relay(path: str, check: Callable[[dict[str, Any]], str | None]) -> Any:
         check_model_scope(request, payload["model"])
         if embeddings and (refusal := await _embeddings_refusal(pc, payload["model"])):
             return refusal
+        if not embeddings and isolating(request):
+            body = json.dumps(without_reuse(payload)).encode()
         try:
             async with (
                 leased(pc.link, payload["model"]) as lease,

@@ -160,7 +160,10 @@ class GpuSettings:
 
 @dataclass(frozen=True)
 class AuthSettings:
-    required: bool | None = None  # None: required as soon as any API key exists
+    required: bool | None = None  # None: required once any API key has existed
+    isolate_cache: bool = (
+        False  # keyed requests get no prompt-cache reuse (guardian_proxy/cache_isolation.py)
+    )
 
 
 @dataclass(frozen=True)

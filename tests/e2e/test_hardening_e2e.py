@@ -159,3 +159,25 @@ def test_rpc_socket_comes_back_and_status_socket_is_read_only(
         time.sleep(0.1)
     assert g.rpc("models.status")["models"]
     assert g.ctl("status").returncode == 0
+
+
+def test_isolate_cache_gives_no_cross_key_prefix_reuse(guardian_factory: Callable[..., Guardian]) -> None:
+    """auth.isolate_cache: key B sending key A's prompt reuses nothing (cache_n 0), on /v1
+    and /api/chat; with it off the same probe shows the reuse the audit exploited."""
+    prompt = [{"role": "user", "content": "the secret code is 4711. " * 20}]
+    body = {"model": "demo-a", "messages": prompt, "max_tokens": 1, "temperature": 0}
+
+    def reused(isolate: bool) -> int:
+        g = guardian_factory(settings={"auth": {"isolate_cache": isolate}})
+        a = {"Authorization": "Bearer " + g.ctl("keys", "create", "a").stdout.strip()}
+        b = {"Authorization": "Bearer " + g.ctl("keys", "create", "b").stdout.strip()}
+        assert httpx.post(g.url + "/v1/chat/completions", json=body, headers=a, timeout=60).status_code == 200
+        r = httpx.post(g.url + "/v1/chat/completions", json=body, headers=b, timeout=60)
+        assert r.status_code == 200, r.text
+        ollama = {"model": "demo-a", "messages": prompt, "stream": False, "options": {"num_predict": 1}}
+        o = httpx.post(g.url + "/api/chat", json=ollama, headers=b, timeout=60).json()
+        g.close()
+        return int(r.json()["timings"]["cache_n"]) + (o["prompt_eval_count"] < 100)
+
+    assert reused(False) > 0
+    assert reused(True) == 0
