@@ -38,20 +38,22 @@ def pct(xs: list[float], p: float) -> float:
     return xs[min(len(xs) - 1, round(p / 100 * (len(xs) - 1)))]
 
 
-async def timed_post(s: aiohttp.ClientSession, url: str, body: dict) -> float:
+async def timed_post(s: aiohttp.ClientSession, url: str, body: dict, headers: dict[str, str] | None = None) -> float:
     t0 = time.perf_counter()
-    async with s.post(url, json=body) as r:
+    async with s.post(url, json=body, headers=headers) as r:
         await r.read()
         assert r.status == 200, await r.text()
     return time.perf_counter() - t0
 
 
-async def stream_rate(s: aiohttp.ClientSession, url: str, body: dict, ndjson: bool = False) -> tuple[float, float]:
+async def stream_rate(
+    s: aiohttp.ClientSession, url: str, body: dict, ndjson: bool = False, headers: dict[str, str] | None = None
+) -> tuple[float, float]:
     """(tokens per second after the first token, time to first token) of one streamed request."""
     t0 = time.perf_counter()
     first = None
     n = 0
-    async with s.post(url, json=body) as r:
+    async with s.post(url, json=body, headers=headers) as r:
         async for line in r.content:
             if ndjson:
                 if not line.strip():
@@ -101,12 +103,13 @@ async def main_async(g: Guardian, n: int, gen_tokens: int, swaps: int) -> dict[s
         await timed_post(s, gv1, {**CHAT, "model": "demo-a"})  # load it
         st = {m["name"]: m for m in g.status()["models"]}
         direct = f"http://127.0.0.1:{st['demo-a']['port']}/v1/chat/completions"
+        key = g.child_headers("demo-a")  # each llama-server has a key of Guardian's own
         for _ in range(30):  # warm both paths
-            await timed_post(s, direct, {**CHAT, "model": "demo-a"})
+            await timed_post(s, direct, {**CHAT, "model": "demo-a"}, key)
             await timed_post(s, gv1, {**CHAT, "model": "demo-a"})
         d_lat, g_lat = [], []
         for _ in range(n):
-            d_lat.append(await timed_post(s, direct, {**CHAT, "model": "demo-a"}))
+            d_lat.append(await timed_post(s, direct, {**CHAT, "model": "demo-a"}, key))
             g_lat.append(await timed_post(s, gv1, {**CHAT, "model": "demo-a"}))
 
         body = {**CHAT, "model": "demo-a", "max_tokens": gen_tokens, "stream": True, "ignore_eos": True}
@@ -116,7 +119,7 @@ async def main_async(g: Guardian, n: int, gen_tokens: int, swaps: int) -> dict[s
         d_rate, g_rate, o_rate = [], [], []
         has_ollama = True
         for _ in range(15):
-            d_rate.append((await stream_rate(s, direct, body))[0])
+            d_rate.append((await stream_rate(s, direct, body, headers=key))[0])
             g_rate.append((await stream_rate(s, gv1, body))[0])
             if has_ollama:
                 try:
@@ -132,7 +135,7 @@ async def main_async(g: Guardian, n: int, gen_tokens: int, swaps: int) -> dict[s
             _rate, ttft = await stream_rate(s, gv1, {**body, "model": target, "max_tokens": 4})
             swap_ttft.append(ttft)
             m = g.model(target)
-            warm_ttft.append((await stream_rate(s, f"http://127.0.0.1:{m['port']}/v1/chat/completions", {**body, "max_tokens": 4}))[1])
+            warm_ttft.append((await stream_rate(s, f"http://127.0.0.1:{m['port']}/v1/chat/completions", {**body, "max_tokens": 4}, headers=g.child_headers(target)))[1])
             ready.append(await _ready(m["argv"]))
     out = {
         "requests": n,

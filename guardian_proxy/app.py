@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 
 import structlog
@@ -10,8 +11,12 @@ from aiohttp import web
 from guardian_proxy import dashboard, ollama_http, openai_routes, sessions_routes
 from guardian_proxy.auth import make_auth_middleware
 from guardian_proxy.context import CTX_KEY, ProxyContext
+from guardian_proxy.errors_http import api_error
+from guardian_proxy.host_check import make_host_middleware
 from guardian_proxy.middleware import make_error_middleware
+from guardian_proxy.request_limits import make_encoding_middleware
 from guardian_proxy.supervisor_link import SupervisorLink
+from shared import conn_guard
 from shared.config import Config
 
 log = structlog.get_logger("proxy")
@@ -27,8 +32,14 @@ def create_app(pc: ProxyContext) -> web.Application:
     middlewares = [
         ollama_http.make_cors_middleware(),  # first: preflights carry no key; refused origins stop here
         make_error_middleware(pc.config.settings.proxy.max_body_mb),
+        make_encoding_middleware(),  # before the body is read (and inflated)
         make_auth_middleware(pc.keys, pc.auth_required),
+        conn_guard.body_timeout_middleware(pc.config.settings.proxy.body_timeout_s, api_error),
     ]
+    if host_check := make_host_middleware(
+        pc.config.settings.proxy.host, pc.config.settings.proxy.allowed_hosts
+    ):
+        middlewares.insert(0, host_check)  # first: a rebound page gets nothing, not even CORS
     app = web.Application(client_max_size=max_body, middlewares=middlewares)
     app.on_response_prepare.append(ollama_http.on_prepare)  # CORS header on every answer
     app[CTX_KEY] = pc
@@ -46,23 +57,30 @@ class ProxyServer:
         self.config = config
         self.ctx = ProxyContext(config, SupervisorLink(config.socket_path))
         self._runners: list[web.AppRunner] = []
+        self._servers: list[asyncio.Server] = []
+        self.guards: list[conn_guard.GuardedFactory] = []
 
     async def start(self) -> None:
         await self.ctx.start()
         p = self.config.settings.proxy
-        runner = web.AppRunner(create_app(self.ctx), handler_cancellation=True, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, p.host, p.port, backlog=1024).start()
-        self._runners.append(runner)
-        ui = web.AppRunner(dashboard.create_app(self.ctx), access_log=None)
-        await ui.setup()
-        await web.TCPSite(ui, p.ui_host, p.ui_port).start()
-        self._runners.append(ui)
+        limits = conn_guard.Limits(p.max_connections, p.max_connections_per_ip, p.header_timeout_s)
+        runner = web.AppRunner(
+            create_app(self.ctx), handler_cancellation=True, access_log=None, keepalive_timeout=p.keepalive_s
+        )
+        ui = web.AppRunner(dashboard.create_app(self.ctx), access_log=None, keepalive_timeout=p.keepalive_s)
+        for r, host, port, backlog in ((runner, p.host, p.port, 1024), (ui, p.ui_host, p.ui_port, 128)):
+            await r.setup()
+            self._runners.append(r)
+            server, guard = await conn_guard.serve(r, host, port, limits, backlog)
+            self._servers.append(server)
+            self.guards.append(guard)
         log.info(
             "proxy_listening", url=f"http://{p.host}:{p.port}", dashboard=f"http://{p.ui_host}:{p.ui_port}"
         )
 
     async def stop(self) -> None:
+        for server in self._servers:
+            server.close()  # stop accepting; runner.cleanup() then ends open connections
         for runner in self._runners:
             with contextlib.suppress(Exception):
                 await runner.cleanup()

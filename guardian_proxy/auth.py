@@ -75,7 +75,7 @@ def make_auth_middleware(store: KeyStore, required: Callable[[], bool]) -> Middl
 
     `required()` is asked on each request (after the key file is refreshed), so the caller can
     implement "settings auth.required, default: true once any key exists" with
-    `lambda: cfg if cfg is not None else store.any_keys()`.
+    `lambda: cfg if cfg is not None else store.keys_seen()`.
     """
     # Strong references to background flushes, or the loop may drop them mid-write.
     pending_flushes: set[asyncio.Task[bool]] = set()
@@ -89,6 +89,13 @@ def make_auth_middleware(store: KeyStore, required: Callable[[], bool]) -> Middl
         if not required():
             request[API_KEY] = None
             return await handler(request)
+        if not store.any_keys():
+            return _unauthorized(
+                request,
+                "API keys are required but none exist (all were revoked, or the key file was "
+                "emptied or deleted); " + _HOW_TO_CREATE + ", or set 'auth.required: false' "
+                "in settings.yaml to serve without keys",
+            )
         secret = _presented_key(request)
         if secret is None:
             return _unauthorized(
@@ -116,17 +123,17 @@ def get_api_key(request: web.Request) -> KeyRecord | None:
 
 
 def check_model_scope(request: web.Request, model: str) -> None:
-    """Raise 403 (in the API's shape) if the request's key may not use `model`."""
+    """Raise 404 (in the API's shape) if the request's key may not use `model`: the very
+    answer a model that does not exist gets, so a scoped key cannot probe which names do."""
     record = get_api_key(request)
     if record is None or record.allows(model):
         return
-    message = f'key "{record.name}" may not use model "{model}"'
+    message = f"model '{model}' not found"
     if is_openai(request):
-        # The type this answer has always had, not the generic 403 permission_error.
-        resp = openai_error(403, message, "model_not_allowed", "model", type_="invalid_request_error")
+        resp = openai_error(404, message, "model_not_found", "model")
     else:
-        resp = ollama_error(403, message)
-    raise web.HTTPForbidden(text=resp.text, content_type="application/json")
+        resp = ollama_error(404, message)
+    raise web.HTTPNotFound(text=resp.text, content_type="application/json")
 
 
 def allowed_models(request: web.Request, names: Iterable[str]) -> list[str]:

@@ -26,9 +26,9 @@ class ProxyContext:
         self.catalog = Catalog(self.link)
 
     def auth_required(self) -> bool:
-        """settings auth.required; unset means required as soon as any key exists."""
+        """settings auth.required; unset means required once any key has ever existed."""
         configured = self.config.settings.auth.required
-        return configured if configured is not None else self.keys.any_keys()
+        return configured if configured is not None else self.keys.keys_seen()
 
     async def start(self) -> None:
         # One pooled session for all upstream calls; keep-alive below cpp-httplib's 5 s.

@@ -7,6 +7,7 @@ import jinja2
 from aiohttp import web
 
 from guardian_proxy.context import CTX_KEY, ProxyContext, ctx_of
+from guardian_proxy.host_check import make_host_middleware
 from shared.errors import GuardianError
 
 
@@ -27,7 +28,9 @@ async def status_json(request: web.Request) -> web.Response:
 
 
 def create_app(pc: ProxyContext) -> web.Application:
-    app = web.Application()
+    p = pc.config.settings.proxy
+    host_check = make_host_middleware(p.ui_host, p.allowed_hosts)
+    app = web.Application(middlewares=[host_check] if host_check else [])
     app[CTX_KEY] = pc
     # auto_reload off: otherwise jinja2 stats the template file on the loop at every render.
     aiohttp_jinja2.setup(

@@ -8,8 +8,9 @@ from typing import Any
 
 from aiohttp import web
 
-from guardian_proxy import validate
+from guardian_proxy import request_limits, validate
 from guardian_proxy.auth import allowed_models, check_model_scope
+from guardian_proxy.cache_isolation import isolating, without_reuse
 from guardian_proxy.context import ProxyContext, ctx_of
 from guardian_proxy.errors_http import openai_error, openai_from
 from guardian_proxy.relay import UpstreamError, leased, pipe, upstream
@@ -19,7 +20,7 @@ from shared.errors import GuardianError
 async def read_json(request: web.Request) -> tuple[bytes, dict[str, Any]] | web.Response:
     body = await request.read()
     try:
-        payload = json.loads(body)
+        payload = request_limits.loads(body)
     except ValueError as e:
         return openai_error(400, f"request body is not valid JSON: {e}")
     if not isinstance(payload, dict):
@@ -29,6 +30,10 @@ async def read_json(request: web.Request) -> tuple[bytes, dict[str, Any]] | web.
         return openai_error(
             400, "'model' is required: name one of the models listed at /v1/models", param="model"
         )
+    if problem := request_limits.too_many_messages(
+        payload, ctx_of(request).config.settings.proxy.max_messages
+    ):
+        return openai_error(400, problem, param="messages")
     return body, payload
 
 
@@ -46,6 +51,8 @@ def make_relay(path: str, check: Callable[[dict[str, Any]], str | None]) -> Any:
         check_model_scope(request, payload["model"])
         if embeddings and (refusal := await _embeddings_refusal(pc, payload["model"])):
             return refusal
+        if not embeddings and isolating(request):
+            body = json.dumps(without_reuse(payload)).encode()
         try:
             async with (
                 leased(pc.link, payload["model"]) as lease,

@@ -56,7 +56,7 @@ async def upstream(
     already closed (the request never reached it) is retried once on a fresh one.
     """
     timeout = aiohttp.ClientTimeout(total=lease.timeout_s)
-    headers = STREAM_REQUEST_HEADERS if stream else JSON_HEADERS
+    headers = {**(STREAM_REQUEST_HEADERS if stream else JSON_HEADERS), **lease.auth}
     resp: aiohttp.ClientResponse | None = None
     for attempt in (1, 2):
         try:

@@ -12,12 +12,12 @@ their sessions. Errors are `{"error": "..."}` with the status of the supervisor'
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from aiohttp import web
 
-from guardian_proxy.auth import allowed_models, check_model_scope
+from guardian_proxy import request_limits
+from guardian_proxy.auth import allowed_models, check_model_scope, get_api_key
 from guardian_proxy.context import ctx_of
 from guardian_proxy.ollama import OllamaError
 from guardian_proxy.ollama_http.common import api
@@ -30,7 +30,7 @@ async def _body(request: web.Request, optional: bool = False) -> dict[str, Any]:
     if optional and not raw.strip():
         return {}
     try:
-        payload = json.loads(raw)
+        payload = request_limits.loads(raw)
     except ValueError as e:
         raise OllamaError(400, f"request body is not valid JSON: {e}") from None
     if not isinstance(payload, dict):
@@ -38,9 +38,16 @@ async def _body(request: web.Request, optional: bool = False) -> dict[str, Any]:
     return payload
 
 
+def _owner(request: web.Request) -> dict[str, Any]:
+    """Sessions belong to the key that saved them: a key sees and touches only its own (404
+    for the rest). Without auth there is no owner; guardianctl (admin) sees all."""
+    record = get_api_key(request)
+    return {"owner": record.id} if record is not None else {}
+
+
 async def _session(request: web.Request, name: str) -> dict[str, Any]:
-    """The session NAME, after checking the caller's key may use its model (403 otherwise)."""
-    info: dict[str, Any] = await ctx_of(request).link.call("sessions.info", {"name": name})
+    """The session NAME, if the caller's key owns it and may use its model (404 otherwise)."""
+    info: dict[str, Any] = await ctx_of(request).link.call("sessions.info", {"name": name, **_owner(request)})
     check_model_scope(request, info["model"])
     return info
 
@@ -50,7 +57,7 @@ async def list_sessions(request: web.Request) -> web.Response:
     params: dict[str, Any] = {"carry": request.query.get("carry") in ("1", "true", "yes")}
     if request.query.get("model"):
         params["model"] = request.query["model"]
-    rows = await ctx_of(request).link.call("sessions.list", params)
+    rows = await ctx_of(request).link.call("sessions.list", {**params, **_owner(request)})
     allowed = set(allowed_models(request, {r["model"] for r in rows}))
     return web.json_response({"sessions": [r for r in rows if r["model"] in allowed]})
 
@@ -63,6 +70,7 @@ async def save(request: web.Request) -> web.Response:
         raise OllamaError(400, "'model' is required: the loaded model whose conversation to save")
     check_model_scope(request, model)
     params: dict[str, Any] = {k: body[k] for k in ("name", "model", "slot") if k in body}
+    params.update(_owner(request))
     return web.json_response(await ctx_of(request).link.call("sessions.save", params), status=201)
 
 
@@ -77,6 +85,7 @@ async def restore(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     await _session(request, name)
     params: dict[str, Any] = {"name": name, **{k: body[k] for k in ("model", "slot") if k in body}}
+    params.update(_owner(request))
     return web.json_response(await ctx_of(request).link.call("sessions.restore", params))
 
 
@@ -84,7 +93,9 @@ async def restore(request: web.Request) -> web.Response:
 async def delete(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     await _session(request, name)
-    return web.json_response(await ctx_of(request).link.call("sessions.delete", {"name": name}))
+    return web.json_response(
+        await ctx_of(request).link.call("sessions.delete", {"name": name, **_owner(request)})
+    )
 
 
 def add_routes(app: web.Application) -> None:

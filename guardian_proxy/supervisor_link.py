@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,8 @@ class Lease:
     ctx: int | None
     timeout_s: float
     waited_s: float
+    # The llama-server's own key (random per launch); every request to lease.url sends it.
+    auth: dict[str, str] = field(default_factory=dict)
 
 
 class SupervisorLink:
@@ -43,6 +45,7 @@ class SupervisorLink:
             r.get("ctx"),
             float(r["timeout_s"]),
             float(r.get("waited_s", 0.0)),
+            {"Authorization": f"Bearer {r['api_key']}"} if r.get("api_key") else {},
         )
 
     def release(self, lease_id: str) -> None:

@@ -28,6 +28,7 @@ from guardian_supervisor.sessions.manager import SessionManager
 from shared.config import Config, load_config
 from shared.errors import Code, GuardianError
 from shared.foreground import config_dir_option, log_level_option, run_foreground
+from shared.rpc import READ_ONLY_METHODS
 from shared.yamlschema import ConfigError
 
 log = structlog.get_logger("supervisor")
@@ -69,6 +70,15 @@ class Supervisor:
         for group in (bench_methods, maintenance_methods, optimizer_methods):
             group.register(self.rpc, self)
         session_methods.register(self.rpc, self)
+        self.status_rpc: RpcServer | None = None
+        if config.settings.supervisor.status_group:  # read-only guardianctl status for that group
+            self.status_rpc = RpcServer(
+                config.status_socket_path,
+                self._on_close,
+                read_only=READ_ONLY_METHODS,
+                group=config.settings.supervisor.status_group,
+            )
+            self.status_rpc.handlers = self.rpc.handlers
 
     def _on_close(self, conn: Connection) -> None:
         self.scheduler.release_connection(conn.id)
@@ -79,6 +89,8 @@ class Supervisor:
     async def start(self) -> None:
         await asyncio.to_thread(self._prepare_dirs)
         await self.rpc.start()
+        if self.status_rpc is not None:
+            await self.status_rpc.start()
         await self.learning.start()
         log.info(
             "supervisor_ready",
@@ -113,6 +125,8 @@ class Supervisor:
     async def stop(self) -> None:
         sd_notify("STOPPING=1")
         await self.rpc.close()
+        if self.status_rpc is not None:
+            await self.status_rpc.close()
         await self.learning.stop()
         await self.scheduler.close()
         await self.sessions.close()

@@ -29,7 +29,15 @@ class ProxySettings:
     ui_port: int = 11437
     vram_limit_mb: int | None = None
     target: str | None = None  # the brief's single upstream address; kept for compatibility, unused
-    max_body_mb: float = 64.0
+    max_body_mb: float = 24.0  # a chat with a few base64 images; bodies are parsed in memory
+    max_messages: int = 4096  # per request: llama-server's template rendering is superlinear
+    # Slowloris / fd exhaustion (shared/conn_guard.py); keep max_connections under LimitNOFILE.
+    max_connections: int = 768
+    allowed_hosts: tuple[str, ...] = ()  # Host names accepted besides local ones (DNS rebinding)
+    max_connections_per_ip: int = 256
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 60.0
+    keepalive_s: float = 15.0
     request_queue_limit: int = 512
 
     def validate(self) -> Problem:
@@ -38,12 +46,22 @@ class ProxySettings:
                 return key, "must be a TCP port between 0 and 65535"
         if self.vram_limit_mb is not None and self.vram_limit_mb <= 0:
             return "vram_limit_mb", "must be a positive number of MiB"
+        for key in ("max_connections", "max_connections_per_ip"):
+            if getattr(self, key) < 1:
+                return key, "must be a positive number of connections"
+        for key in ("header_timeout_s", "body_timeout_s", "keepalive_s"):
+            if not 0 < getattr(self, key) <= 3600:
+                return key, "must be between 0 and 3600 seconds"
+        if self.max_messages < 1:
+            return "max_messages", "must be a positive number of messages per request"
         return None
 
 
 @dataclass(frozen=True)
 class SupervisorSettings:
     socket: Path = Path("run/supervisor.sock")
+    # Group for a read-only status socket beside it (supervisor-status.sock); None: none.
+    status_group: str | None = None
     data_dir: Path = Path("data")
     port_base: int = 11440
     stop_grace_s: float = 10.0
@@ -142,7 +160,10 @@ class GpuSettings:
 
 @dataclass(frozen=True)
 class AuthSettings:
-    required: bool | None = None  # None: required as soon as any API key exists
+    required: bool | None = None  # None: required once any API key has existed
+    isolate_cache: bool = (
+        False  # keyed requests get no prompt-cache reuse (guardian_proxy/cache_isolation.py)
+    )
 
 
 @dataclass(frozen=True)
@@ -281,6 +302,10 @@ class Config:
     def socket_path(self) -> Path:
         return self.settings.supervisor.socket
 
+    @property
+    def status_socket_path(self) -> Path:
+        return status_socket_path(self.settings.supervisor.socket)
+
     def backend_of(self, model: ModelConfig) -> Backend:
         return self.settings.backends[model.backend or self.settings.default_backend]
 
@@ -298,6 +323,11 @@ def _check_shell_words(key: str, text: str) -> Problem:
 
 def default_config_dir() -> Path:
     return Path(os.environ.get("GUARDIAN_CONFIG_DIR", "etc")).resolve()
+
+
+def status_socket_path(socket: Path) -> Path:
+    """The read-only status socket that sits beside the admin socket."""
+    return socket.with_name("supervisor-status.sock")
 
 
 def load_settings(config_dir: Path) -> Settings:
@@ -336,7 +366,7 @@ def load_config(config_dir: Path) -> Config:
     for raw_name, node in entries.items():
         name = str(raw_name)
         ctx = models_ctx.child(name, node, entries)
-        if not MODEL_NAME_RE.match(name):
+        if not MODEL_NAME_RE.fullmatch(name):
             raise ctx.error("model names use letters, digits, '.', '_', '-' and one optional ':tag'")
         model = build_dataclass(ModelConfig, node, ctx, extra={"name": name})
         backend = model.backend or settings.default_backend

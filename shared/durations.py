@@ -107,6 +107,9 @@ def parse_go_duration(text: str) -> int:
     return total
 
 
+MAX_KEEP_ALIVE_S = 10 * 365 * 86400.0
+
+
 def parse_keep_alive(value: object) -> float:
     """keep_alive in seconds: a number is seconds, a string a Go duration; negative = forever (-1)."""
     if isinstance(value, bool) or not isinstance(value, int | float | str):
@@ -117,4 +120,6 @@ def parse_keep_alive(value: object) -> float:
         seconds = float(value)
         if math.isnan(seconds):
             raise ValueError("keep_alive must be a number of seconds, got NaN")
-    return -1.0 if seconds < 0 else seconds
+    # Past ten years means "forever": huge values (1e19, inf) would overflow timers and the
+    # nanosecond timestamps /api/ps prints.
+    return -1.0 if seconds < 0 or seconds > MAX_KEEP_ALIVE_S else seconds

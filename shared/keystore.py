@@ -234,6 +234,10 @@ class KeyStore:
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         self.lock_path = self.path.with_name(self.path.name + ".lock")
+        # Exists once any key ever did: then an emptied or deleted store keeps auth on
+        # (fail closed) until settings say auth.required: false.
+        self.seen_path = self.path.with_name(self.path.name + ".seen")
+        self._seen = False
         # Replaced wholesale on reload (one reference swap), so readers never see a half state.
         self._records: dict[str, KeyRecord] = {}
         self._by_id: dict[str, KeyRecord] = {}
@@ -271,8 +275,19 @@ class KeyStore:
         return records, _sig(st)
 
     def _install(self, records: dict[str, KeyRecord], sig: _Sig | None) -> None:
+        """Blocking (the marker): called at start, in refresh threads and under the lock."""
         by_id = {r.id: r for r in records.values()}
+        if records and not self._seen:
+            self._mark_seen()
+        self._seen = self._seen or bool(records) or self.seen_path.exists()
         self._records, self._by_id, self._sig = records, by_id, sig
+
+    def _mark_seen(self) -> None:
+        try:
+            fd = os.open(self.seen_path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, FILE_MODE)
+            os.close(fd)
+        except OSError:
+            log.exception("cannot write %s; auth stays on only while this process runs", self.seen_path)
 
     def _load_from_disk(self, strict: bool) -> bool:
         try:
@@ -353,8 +368,13 @@ class KeyStore:
         return record.allows(model)
 
     def any_keys(self) -> bool:
-        """True if any key exists, expired ones included: auth must not switch itself off."""
+        """True if any key exists, expired ones included."""
         return bool(self._records)
+
+    def keys_seen(self) -> bool:
+        """True once any key has existed (here or in an earlier run): revoking the last key,
+        or emptying or deleting the file, must not switch auth off."""
+        return self._seen
 
     def list(self) -> list[KeyRecord]:
         """All records (sorted by creation), with last-use times not yet flushed merged in."""

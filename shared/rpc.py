@@ -20,6 +20,11 @@ from shared.errors import Code, GuardianError
 
 LINE_LIMIT = 16 * 2**20  # status replies carry argv and log tails; keep well above asyncio's 64 KiB
 
+# What the read-only status socket answers (guardianctl status/list/logs for a non-admin group).
+READ_ONLY_METHODS = frozenset(
+    {"models.status", "models.list", "models.logs", "models.estimate", "sessions.list"}
+)
+
 
 def encode(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"

@@ -150,6 +150,12 @@ class Guardian:
     def model(self, name: str) -> dict[str, Any]:
         return next(m for m in self.status()["models"] if m["name"] == name)
 
+    def child_headers(self, name: str) -> dict[str, str]:
+        """The Authorization header for the running llama-server of `name` (its key file)."""
+        port = self.model(name)["port"]
+        keys = sorted((self.root / "data" / "run" / "keys").glob(f"{name}-{port}-*.key"))
+        return {"Authorization": "Bearer " + keys[-1].read_text()} if keys else {}
+
     def ctl(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [str(VENV_BIN / "guardianctl"), "--config-dir", str(self.config_dir), *args],

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 
 from guardian_proxy.ollama.errors import OllamaError
-from shared.durations import parse_go_duration
+from shared.durations import MAX_KEEP_ALIVE_S, parse_go_duration
 
 KEEP_FOREVER = -1.0
 """What `parse_keep_alive` returns for a negative keep_alive: never unload (Ollama's convention)."""
@@ -40,11 +40,11 @@ def parse_keep_alive(value: object) -> float | None:
         seconds = float(value)
         if math.isnan(seconds):
             raise OllamaError(400, "unsupported duration type: 'float64'")
-        return KEEP_FOREVER if seconds < 0 or math.isinf(seconds) else seconds
+        return KEEP_FOREVER if seconds < 0 or seconds > MAX_KEEP_ALIVE_S else seconds
     if isinstance(value, str):
         try:
             ns = parse_go_duration(value)
         except ValueError as e:
             raise OllamaError(400, str(e)) from None
-        return KEEP_FOREVER if ns < 0 else ns / 1e9
+        return KEEP_FOREVER if ns < 0 or ns / 1e9 > MAX_KEEP_ALIVE_S else ns / 1e9
     raise OllamaError(400, f"unsupported duration type: '{_go_type_name(value)}'")

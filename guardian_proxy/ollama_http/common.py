@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from functools import wraps
 from typing import Any
 
 from aiohttp import web
 
+from guardian_proxy import request_limits
 from guardian_proxy.auth import allowed_models, check_model_scope
 from guardian_proxy.catalog import Catalog, Entry
 from guardian_proxy.context import ctx_of
@@ -58,11 +58,13 @@ async def read_body(request: web.Request) -> dict[str, Any]:
     if not raw.strip():
         raise OllamaError(400, "missing request body")
     try:
-        body = json.loads(raw)
+        body = request_limits.loads(raw)
     except ValueError as e:
         raise OllamaError(400, f"invalid request body: {e}") from None
     if not isinstance(body, dict):
         raise OllamaError(400, "request body must be a JSON object")
+    if problem := request_limits.too_many_messages(body, ctx_of(request).config.settings.proxy.max_messages):
+        raise OllamaError(400, problem)
     return body
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from guardian_proxy.cache_isolation import isolating, without_reuse
 from guardian_proxy.catalog import Entry
 from guardian_proxy.context import ProxyContext, ctx_of
 from guardian_proxy.ollama import (
@@ -88,7 +89,13 @@ async def chat(request: web.Request) -> web.StreamResponse:
         return json_response(chat_load_response(plan.model, "load"))
     async with (
         leased(pc.link, entry.name, ctx=num_ctx, keep_alive=plan.keep_alive) as lease,
-        open_upstream(pc.session, lease, plan.endpoint, json_bytes(plan.body), stream=plan.stream) as up,
+        open_upstream(
+            pc.session,
+            lease,
+            plan.endpoint,
+            json_bytes(without_reuse(plan.body) if isolating(request) else plan.body),
+            stream=plan.stream,
+        ) as up,
     ):
         await check_status(up)
         load_ns = int(lease.waited_s * 1e9)
@@ -154,6 +161,8 @@ async def generate(request: web.Request) -> web.StreamResponse:
         up_body = plan.body
         if plan.mode == "render":  # continue an old `context`: render the template first
             up_body = plan.completion_body(await _prompt_text(pc, lease, plan))
+        if isolating(request):
+            up_body = without_reuse(up_body)
         async with open_upstream(
             pc.session, lease, plan.endpoint, json_bytes(up_body), stream=plan.stream
         ) as up:

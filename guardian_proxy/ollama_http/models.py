@@ -124,7 +124,8 @@ class Management:
     """pull/push/create/copy/delete/blobs, worded with where models.yaml lives (wrap each in `api`)."""
 
     def __init__(self, models_yaml: Path) -> None:
-        self.where = str(models_yaml)
+        # The file's name, not its path: key holders need not learn where the server keeps it.
+        self.where = f"the server's {models_yaml.name}"
 
     def _not_here(self, what: str, name: str) -> OllamaError:
         return OllamaError(

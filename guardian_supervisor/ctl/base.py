@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -10,9 +11,9 @@ from typing import Any, cast
 
 import click
 
-from shared.config import load_settings
+from shared.config import load_settings, status_socket_path
 from shared.errors import GuardianError
-from shared.rpc import call_sync
+from shared.rpc import READ_ONLY_METHODS, call_sync
 from shared.yamlschema import ConfigError
 
 
@@ -34,7 +35,14 @@ class Ctl:
         """Call `method`; parameters set to None are left out (the supervisor's defaults apply)."""
         given = {k: v for k, v in (params or {}).items() if v is not None}
         try:
-            return call_sync(self.socket, method, given, timeout)
+            try:
+                return call_sync(self.socket, method, given, timeout)
+            except GuardianError:
+                # Not in the admin socket's group: read-only calls may use the status socket.
+                ro = status_socket_path(self.socket)
+                if method not in READ_ONLY_METHODS or os.access(self.socket, os.W_OK) or not ro.exists():
+                    raise
+                return call_sync(ro, method, given, timeout)
         except GuardianError as e:
             click.echo(f"error: {e.message}", err=True)
             for line in e.data.get("log_tail", []) or []:

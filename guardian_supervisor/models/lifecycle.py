@@ -23,7 +23,7 @@ import aiohttp
 import structlog
 
 from guardian_supervisor.models.argv import build_argv, check_model
-from guardian_supervisor.models.launcher import Child, LoadError, llama_session, wait_ready
+from guardian_supervisor.models.launcher import Child, LoadError, llama_session, make_private_dir, wait_ready
 from guardian_supervisor.models.plans import Go, LifecycleHook, Planner
 from guardian_supervisor.models.runtime import ModelRuntime, Profile, State
 from shared.config import Config, timeouts_for
@@ -114,7 +114,7 @@ class Lifecycle:
         env = {**os.environ, **plan.env} if plan.env else None  # None: inherit ours
         child: Child | None = None
         try:
-            await asyncio.to_thread(slot_dir.mkdir, parents=True, exist_ok=True)
+            await asyncio.to_thread(make_private_dir, slot_dir)
             taken: set[int] = set()
             for attempt in (1, 2):
                 rt.port = self.pick_port(taken)
@@ -132,6 +132,8 @@ class Lifecycle:
                     rt.argv,
                     settings.supervisor.data_dir / "logs" / f"{cfg.name}.log",
                     settings.supervisor.log_ring_lines,
+                    port=rt.port,
+                    key_dir=settings.supervisor.data_dir / "run" / "keys",
                 )
                 child.on_exit = lambda c: self._on_exit(rt, c)
                 rt.child = child

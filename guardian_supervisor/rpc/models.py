@@ -43,6 +43,7 @@ def register(server: RpcServer, sup: Supervisor) -> None:
             "lease": lease.id,
             "model": rt.name,
             "url": f"http://127.0.0.1:{rt.port}",
+            "api_key": rt.child.api_key if rt.child else None,  # the caller's relay sends it
             "ctx": rt.ctx,
             "timeout_s": rt.request_timeout_s,
             "waited_s": round(time.monotonic() - t0, 6),  # queue + load time: Ollama's load_duration

@@ -12,6 +12,7 @@ import contextlib
 import itertools
 import json
 import os
+import shutil
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -36,14 +37,32 @@ class Connection:
 Handler = Callable[[dict[str, Any], Connection], Awaitable[Any]]
 
 
+WATCH_INTERVAL_S = 2.0
+
+
 class RpcServer:
-    def __init__(self, socket_path: Path, on_close: Callable[[Connection], None]) -> None:
+    """JSON-RPC over a unix socket. Whoever can connect is admin, unless `read_only` names
+    the only methods this socket serves. A deleted (or replaced) socket file is noticed
+    within WATCH_INTERVAL_S and bound again, so guardianctl is never locked out."""
+
+    def __init__(
+        self,
+        socket_path: Path,
+        on_close: Callable[[Connection], None],
+        *,
+        read_only: frozenset[str] | None = None,
+        group: str | None = None,
+    ) -> None:
         self.socket_path = Path(socket_path)
         self.handlers: dict[str, Handler] = {}
         self.on_close = on_close
+        self.read_only = read_only
+        self.group = group
         self._server: asyncio.base_events.Server | None = None
         self._ids = itertools.count(1)
         self._conns: dict[int, asyncio.StreamWriter] = {}
+        self._inode: int | None = None
+        self._watcher: asyncio.Task[None] | None = None
 
     def register(self, name: str, handler: Handler) -> None:
         if name in self.handlers:
@@ -51,11 +70,40 @@ class RpcServer:
         self.handlers[name] = handler
 
     async def start(self) -> None:
+        await self._bind()
+        self._watcher = asyncio.create_task(self._watch())
+
+    async def _bind(self) -> None:
         await asyncio.to_thread(self._prepare_socket_path)
         self._server = await asyncio.start_unix_server(
             self._serve, path=str(self.socket_path), limit=LINE_LIMIT
         )
-        await asyncio.to_thread(os.chmod, self.socket_path, 0o660)
+        self._inode = await asyncio.to_thread(self._secure_socket)
+
+    def _secure_socket(self) -> int:
+        os.chmod(self.socket_path, 0o660)
+        if self.group:
+            shutil.chown(self.socket_path, group=self.group)
+        return os.stat(self.socket_path).st_ino
+
+    def _socket_is_ours(self) -> bool:
+        try:
+            return os.stat(self.socket_path).st_ino == self._inode
+        except OSError:
+            return False
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL_S)
+            if await asyncio.to_thread(self._socket_is_ours):
+                continue
+            log.warning("rpc_socket_recreated", socket=str(self.socket_path))
+            if self._server is not None:
+                self._server.close()  # the unreachable listener; open connections stay
+            try:
+                await self._bind()
+            except (OSError, GuardianError) as e:
+                log.error("rpc_socket_rebind_failed", socket=str(self.socket_path), error=str(e))
 
     def _prepare_socket_path(self) -> None:
         self.socket_path.parent.mkdir(parents=True, exist_ok=True)
@@ -72,14 +120,18 @@ class RpcServer:
         )
 
     async def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            self._watcher = None
         if self._server is not None:
             self._server.close()
             for writer in list(self._conns.values()):
                 writer.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 2)
-        with contextlib.suppress(FileNotFoundError):
-            self.socket_path.unlink()
+        if self._socket_is_ours():  # not another supervisor's, bound since
+            with contextlib.suppress(FileNotFoundError):
+                self.socket_path.unlink()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = Connection(next(self._ids))
@@ -122,6 +174,12 @@ class RpcServer:
                 assert task is not None
                 conn.by_request[req_id] = task
             handler = self.handlers.get(msg["method"])
+            if self.read_only is not None and msg["method"] not in self.read_only:
+                raise GuardianError(
+                    Code.METHOD_NOT_FOUND,
+                    f"{msg['method']!r} is not available on the read-only status socket; "
+                    "it needs the admin socket (supervisor.socket)",
+                )
             if handler is None:
                 raise GuardianError(Code.METHOD_NOT_FOUND, f"no RPC method {msg['method']!r}")
             result = await handler(params, conn)

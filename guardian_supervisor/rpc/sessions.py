@@ -20,7 +20,8 @@ def register(server: RpcServer, sup: Supervisor) -> None:
         """
         name = params_str(params, "name")
         model = params_str(params, "model")
-        return await sessions.save(name, model, params_int(params, "slot"), conn.id)
+        owner = params_str(params, "owner", required=False)
+        return await sessions.save(name, model, params_int(params, "slot"), conn.id, owner)
 
     async def restore(params: dict[str, Any], conn: Connection) -> dict[str, Any]:
         """Restore session {name, model?, slot?} into its model, loading the model if needed.
@@ -30,22 +31,24 @@ def register(server: RpcServer, sup: Supervisor) -> None:
         """
         name = params_str(params, "name")
         model = params_str(params, "model", required=False)
-        return await sessions.restore(name, conn.id, model, params_int(params, "slot"))
+        owner = params_str(params, "owner", required=False)
+        return await sessions.restore(name, conn.id, model, params_int(params, "slot"), owner)
 
     async def list_sessions(params: dict[str, Any], conn: Connection) -> list[dict[str, Any]]:
         """Named sessions, least recently used first: {model?, carry?: true adds carry-over files}."""
         model = params_str(params, "model", required=False)
-        return await sessions.list_sessions(model, bool(params.get("carry")))
+        owner = params_str(params, "owner", required=False)
+        return await sessions.list_sessions(model, bool(params.get("carry")), owner)
 
     async def info(params: dict[str, Any], conn: Connection) -> dict[str, Any]:
         """One named session: {name}."""
         name = params_str(params, "name")
-        return await sessions.info(name)
+        return await sessions.info(name, params_str(params, "owner", required=False))
 
     async def delete(params: dict[str, Any], conn: Connection) -> dict[str, Any]:
         """Delete session {name} (its slot file and manifest)."""
         name = params_str(params, "name")
-        return await sessions.delete(name)
+        return await sessions.delete(name, params_str(params, "owner", required=False))
 
     for method, fn in {
         "sessions.save": save,

@@ -152,7 +152,10 @@ class SessionManager:
 
     # ---- named sessions -----------------------------------------------------------------
 
-    async def save(self, name: str, model: str, slot: int | None, conn_id: int) -> dict[str, Any]:
+    async def save(
+        self, name: str, model: str, slot: int | None, conn_id: int, owner: str | None = None
+    ) -> dict[str, Any]:
+        """`owner`: the saving key's id; another owner's session of that name is not replaced."""
         check_name(name)
         cfg = self.scheduler.resolve(model)
         rt = self.scheduler.runtimes[cfg.name]
@@ -177,8 +180,12 @@ class SessionManager:
             target = await self._target(cfg, rt.ctx)
             async with self._lock(cfg.name):
                 old = await asyncio.to_thread(self.store.find, name)
+                if old is not None and owner is not None and old.owner != owner:
+                    raise GuardianError(
+                        Code.CONFLICT, f"a session named '{name}' belongs to another key; pick another name"
+                    )
                 t0 = time.monotonic()
-                m = await self._save_slot(client, rt, target, name, "named", chosen.id)
+                m = await self._save_slot(client, rt, target, name, "named", chosen.id, owner)
                 if m is None:
                     raise GuardianError(
                         Code.CONFLICT, f"slot {chosen.id} of '{cfg.name}' was empty when saved"
@@ -203,9 +210,14 @@ class SessionManager:
         return {**m.public(), "save_ms": round((time.monotonic() - t0) * 1000, 2)}
 
     async def restore(
-        self, name: str, conn_id: int, model: str | None = None, slot: int | None = None
+        self,
+        name: str,
+        conn_id: int,
+        model: str | None = None,
+        slot: int | None = None,
+        owner: str | None = None,
     ) -> dict[str, Any]:
-        m = await self._find(name)
+        m = await self._find(name, owner)
         if model is not None and self.scheduler.resolve(model).name != m.model:
             raise GuardianError(
                 Code.CONFLICT,
@@ -247,17 +259,20 @@ class SessionManager:
         return {**m.public(), **r, "loaded_model": not was_loaded}
 
     async def list_sessions(
-        self, model: str | None = None, include_carry: bool = False
+        self, model: str | None = None, include_carry: bool = False, owner: str | None = None
     ) -> list[dict[str, Any]]:
+        """`owner` given: only that key's sessions (none of the carry files)."""
         name = self.scheduler.resolve(model).name if model else None
         entries = await asyncio.to_thread(self.store.entries, name)
+        if owner is not None:
+            return [m.public() for m in entries if m.kind == "named" and m.owner == owner]
         return [m.public() for m in entries if include_carry or m.kind == "named"]
 
-    async def info(self, name: str) -> dict[str, Any]:
-        return (await self._find(name)).public()
+    async def info(self, name: str, owner: str | None = None) -> dict[str, Any]:
+        return (await self._find(name, owner)).public()
 
-    async def delete(self, name: str) -> dict[str, Any]:
-        m = await self._find(name)
+    async def delete(self, name: str, owner: str | None = None) -> dict[str, Any]:
+        m = await self._find(name, owner)
         async with self._lock(m.model):
             await asyncio.to_thread(self.store.delete, m.model, m.stem)
         log.info("session_deleted", session=name, model=m.model)
@@ -275,7 +290,14 @@ class SessionManager:
         return out
 
     async def _save_slot(
-        self, client: SlotClient, rt: ModelRuntime, target: Target, stem: str, kind: str, slot: int
+        self,
+        client: SlotClient,
+        rt: ModelRuntime,
+        target: Target,
+        stem: str,
+        kind: str,
+        slot: int,
+        owner: str | None = None,
     ) -> Manifest | None:
         """llama-server writes `<stem>.partial`; it becomes `<stem>.bin` + manifest here."""
         await asyncio.to_thread(self.store.discard_partial, rt.name, stem)
@@ -300,6 +322,7 @@ class SessionManager:
             bytes=0,
             created=now,
             used=now,
+            owner=owner,
         )
         return await asyncio.to_thread(self.store.commit, m)
 
@@ -312,9 +335,10 @@ class SessionManager:
 
     # ---- helpers ------------------------------------------------------------------------
 
-    async def _find(self, name: str) -> Manifest:
+    async def _find(self, name: str, owner: str | None = None) -> Manifest:
+        """The session; another key's (when `owner` is given) is as absent as a missing one."""
         m = await asyncio.to_thread(self.store.find, check_name(name))
-        if m is None:
+        if m is None or (owner is not None and m.owner != owner):
             raise GuardianError(
                 Code.NOT_FOUND, f"no session named '{name}'; 'guardianctl session list' shows them"
             )

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import stat
 import time
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
@@ -24,15 +25,15 @@ from typing import Any
 from shared.atomic import read_json, write_json_atomic
 from shared.errors import Code, GuardianError
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-STEM_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,79}$")  # names, plus the carry stems
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # fullmatch only: "$" lets a trailing newline in
+STEM_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,79}")  # names, plus the carry stems
 CARRY_PREFIX = "_carry-slot"
 MANIFEST_VERSION = 1
 
 
 def check_name(name: object) -> str:
     """A session name, or INVALID_PARAMS saying what is allowed."""
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise GuardianError(
             Code.INVALID_PARAMS,
             f"invalid session name {name!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit",
@@ -63,6 +64,7 @@ class Manifest:
     created: float
     used: float
     version: int = MANIFEST_VERSION
+    owner: str | None = None  # id of the API key that saved it; None: saved without a key
 
     @property
     def stem(self) -> str:
@@ -74,12 +76,14 @@ class Manifest:
         if not isinstance(data, dict) or data.get("version") != MANIFEST_VERSION:
             return None
         try:
-            kwargs = {f.name: data[f.name] for f in fields(cls)}
+            kwargs = {f.name: data[f.name] for f in fields(cls) if f.name != "owner"}
         except KeyError:
             return None
-        m = cls(**kwargs)
+        m = cls(**kwargs, owner=data.get("owner"))
         ints = (m.model_size, m.model_mtime_ns, m.ctx, m.slot, m.n_tokens, m.bytes)
         if not all(isinstance(x, int) for x in ints) or not isinstance(m.name, str):
+            return None
+        if m.owner is not None and not isinstance(m.owner, str):
             return None
         return m
 
@@ -96,6 +100,7 @@ class Manifest:
             "kv_type": self.kv_type,
             "created_at": _iso(self.created),
             "used_at": _iso(self.used),
+            "owner": self.owner,
         }
 
 
@@ -157,13 +162,17 @@ class SessionStore:
         d = self.root / model
         if d.parent != self.root or model in ("", ".", "..") or "/" in model:
             raise GuardianError(Code.INVALID_PARAMS, f"model name {model!r} cannot name a directory")
+        if d.is_symlink() or self.root.is_symlink():  # deletes there would land in the target
+            raise GuardianError(
+                Code.INVALID_PARAMS, f"{d} is (under) a symbolic link; Guardian does not follow links here"
+            )
         return d
 
     def path(self, model: str, stem: str, suffix: str) -> Path:
         """`<model dir>/<stem><suffix>`, refusing anything that would resolve elsewhere."""
         d = self.model_dir(model)
         p = d / f"{stem}{suffix}"
-        if not STEM_RE.match(stem) or p.parent != d:
+        if not STEM_RE.fullmatch(stem) or p.parent != d:
             raise GuardianError(Code.INVALID_PARAMS, f"session file name {stem!r} is not allowed")
         return p
 
@@ -214,14 +223,14 @@ class SessionStore:
         final = self.path(m.model, m.stem, ".bin")
         m.bytes = partial.stat().st_size
         os.replace(partial, final)
-        write_json_atomic(self.path(m.model, m.stem, ".json"), asdict(m))
+        write_json_atomic(self.path(m.model, m.stem, ".json"), asdict(m), mode=0o600)
         return m
 
     def touch(self, m: Manifest, when: float | None = None) -> None:
         """Record a use (LRU order); a manifest that vanished meanwhile stays vanished."""
         m.used = time.time() if when is None else when
         if self.path(m.model, m.stem, ".json").exists():
-            write_json_atomic(self.path(m.model, m.stem, ".json"), asdict(m))
+            write_json_atomic(self.path(m.model, m.stem, ".json"), asdict(m), mode=0o600)
 
     def delete(self, model: str, stem: str) -> bool:
         """Remove a session's files; the manifest first, so no manifest points at nothing."""
@@ -246,9 +255,14 @@ class SessionStore:
         by_stem: dict[str, tuple[float, int]] = {}  # stem → (last use, bytes)
         with contextlib.suppress(OSError):
             for p in d.iterdir():
-                if p.suffix not in (".bin", ".partial") or not STEM_RE.match(p.stem) or not p.is_file():
+                st = p.lstat()  # a symlink is never a session file: not followed, not deleted
+                if (
+                    p.suffix not in (".bin", ".partial")
+                    or not STEM_RE.fullmatch(p.stem)
+                    or not stat.S_ISREG(st.st_mode)
+                ):
                     continue  # not a file Guardian or llama-server wrote for a session
-                size = p.stat().st_size
+                size = st.st_size
                 m = self.read(model, p.stem) if p.suffix == ".bin" else None
                 used = m.used if m is not None else 0.0  # orphans first
                 last, total = by_stem.get(p.stem, (used, 0))
@@ -265,7 +279,8 @@ class SessionStore:
 
     def total_bytes(self, model: str) -> int:
         with contextlib.suppress(OSError):
-            return sum(p.stat().st_size for p in self.model_dir(model).iterdir() if p.is_file())
+            sizes = (p.lstat() for p in self.model_dir(model).iterdir())
+            return sum(st.st_size for st in sizes if stat.S_ISREG(st.st_mode))
         return 0
 
 

@@ -144,7 +144,16 @@ def test_http_routes_with_a_key(guardian_factory, model_dir):
     bob = {"X-Api-Key": scoped}
     assert httpx.get(base, headers=bob).json() == {"sessions": []}, "bob's key may not see demo-a"
     r = httpx.post(base + "/web/restore", headers=bob)
-    assert r.status_code == 403 and "may not use model" in r.json()["error"]
+    assert r.status_code == 404 and "no session named 'web'" in r.json()["error"]
+
+    # Sessions belong to the key that saved them: carol has alice's scope, still sees nothing.
+    carol = {"X-Api-Key": g.ctl("keys", "create", "carol").stdout.strip()}
+    assert httpx.get(base, headers=carol).json() == {"sessions": []}
+    assert httpx.get(base + "/web", headers=carol).status_code == 404
+    assert httpx.delete(base + "/web", headers=carol).status_code == 404
+    r = httpx.post(base, json={"name": "web", "model": "demo-a"}, headers=carol, timeout=30)
+    assert r.status_code == 409 and "belongs to another key" in r.json()["error"]
+    assert [s["name"] for s in ctl_json(g, "session", "list")] == ["web"]  # the admin sees all
 
     r = httpx.post(base + "/web/restore", headers=auth, timeout=30)
     assert r.status_code == 200 and r.json()["n_restored"] > 0, r.text

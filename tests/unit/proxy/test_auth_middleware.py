@@ -165,16 +165,17 @@ async def test_scope_403_shapes(store: KeyStore, client: TestClient[web.Request,
     r = await client.post("/v1/chat/completions", json={"model": "llama3:latest"}, headers=h)
     assert r.status == 200 and (await r.json())["key"] == "narrow"
 
+    # Out of scope answers exactly like a model that does not exist (404, not 403).
     r = await client.post("/v1/chat/completions", json={"model": "qwen:7b"}, headers=h)
-    assert r.status == 403
+    assert r.status == 404
     assert r.content_type == "application/json"
     err = (await r.json())["error"]
-    assert err["message"] == 'key "narrow" may not use model "qwen:7b"'
-    assert err["type"] == "invalid_request_error" and err["code"] == "model_not_allowed"
+    assert err["message"] == "model 'qwen:7b' not found"
+    assert err["type"] == "invalid_request_error" and err["code"] == "model_not_found"
 
     r = await client.post("/api/chat", json={"model": "qwen:7b"}, headers=h)
-    assert r.status == 403
-    assert await r.json() == {"error": 'key "narrow" may not use model "qwen:7b"'}
+    assert r.status == 404
+    assert await r.json() == {"error": "model 'qwen:7b' not found"}
 
     r = await client.get("/api/tags", headers=h)
     assert (await r.json())["models"] == ["llama3:latest"]

@@ -75,6 +75,8 @@ def test_parse_go_duration_errors_match_go(text, message):
         ("-1m", KEEP_FOREVER),
         ("-1s", KEEP_FOREVER),
         (math.inf, KEEP_FOREVER),
+        (1e19, KEEP_FOREVER),  # would overflow /api/ps timestamps: clamped to forever
+        ("2562047h", KEEP_FOREVER),
     ],
 )
 def test_parse_keep_alive(value, seconds):

@@ -56,7 +56,7 @@ def test_good_names(name):
 
 
 @pytest.mark.parametrize(
-    "name", ["", ".x", "_carry-slot0", "-x", "a/b", "../x", "a b", "a:b", "x" * 65, None, 3]
+    "name", ["", ".x", "_carry-slot0", "-x", "a/b", "../x", "a b", "a:b", "x" * 65, None, 3, "conv\n", "a\nb"]
 )
 def test_bad_names(name):
     with pytest.raises(GuardianError) as e:
@@ -195,6 +195,7 @@ def test_manifest_public_view():
         "ctx",
         "kv_type",
         "created_at",
+        "owner",
         "used_at",
     }
     assert asdict(manifest())["version"] == 1
@@ -208,3 +209,25 @@ def test_foreign_files_are_left_alone(tmp_path):
     assert [m.name for m in store.entries()] == ["conv"]
     assert store.enforce_cap("m", 0) == ["conv"]
     assert (tmp_path / "m" / "notes about x.bin").exists()
+
+
+def test_symlinks_are_not_followed_by_the_size_cap(tmp_path):
+    """A link planted in data/slots must not make the cap delete files elsewhere (item 13)."""
+    import stat
+
+    store = SessionStore(tmp_path / "slots")
+    old = put(store, manifest("old", used=1.0), 100)
+    put(store, manifest("new", used=2.0), 100)
+    assert stat.S_IMODE(store.path("m", "old", ".json").stat().st_mode) == 0o600
+    outside = tmp_path / "precious.bin"
+    outside.write_bytes(b"y" * 500)
+    (store.model_dir("m") / "link.bin").symlink_to(outside)
+    assert store.enforce_cap("m", 150) == [old.stem]
+    assert outside.read_bytes() == b"y" * 500 and (store.model_dir("m") / "link.bin").is_symlink()
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "x.bin").write_bytes(b"z" * 500)
+    (tmp_path / "slots" / "m2").symlink_to(tmp_path / "other")
+    with pytest.raises(GuardianError) as e:
+        store.enforce_cap("m2", 0)
+    assert "symbolic link" in e.value.message
+    assert (tmp_path / "other" / "x.bin").exists()

@@ -318,3 +318,16 @@ def test_concurrent_writers_lose_nothing(path: Path) -> None:
         assert w.wait(timeout=30) == 0
     names = {r.name for r in KeyStore(path).list()}
     assert names == {f"w{n}-{i}" for n in range(procs) for i in range(per)}
+
+
+def test_keys_seen_survives_revoke_delete_and_restart(path: Path) -> None:
+    """Once a key existed, an empty or missing store still counts as 'keys seen' (fail closed)."""
+    store = KeyStore(path)
+    assert not store.keys_seen()
+    store.create("only")
+    store.revoke("only")
+    assert not store.any_keys() and store.keys_seen()
+    path.unlink()
+    fresh = KeyStore(path)  # a later run: the marker file remembers
+    assert not fresh.any_keys() and fresh.keys_seen()
+    assert stat.S_IMODE(store.seen_path.stat().st_mode) == 0o600
