@@ -30,6 +30,7 @@ KV_TYPES: dict[str, tuple[int, int]] = {
     "f16": (1, 2),
     "bf16": (1, 2),
     "q8_0": (32, 34),
+    "q8_KV": (32, 32),  # ik: int8 values, plus KV_ROW_META bytes of scale per row
     "q6_0": (32, 26),
     "q5_1": (32, 24),
     "q5_0": (32, 22),
@@ -39,13 +40,18 @@ KV_TYPES: dict[str, tuple[int, int]] = {
 }
 
 
+# Types that store a per-row header (ik's ggml.c `row_meta_size`) beside their blocks.
+KV_ROW_META: dict[str, int] = {"q8_KV": 8}
+_KV_BY_LOWER = {k.lower(): k for k in KV_TYPES}
+
+
 def kv_row_bytes(kv_type: str, n_elements: int) -> int:
-    """Bytes for `n_elements` values of a KV cache type (rounded up to whole blocks)."""
-    try:
-        block, size = KV_TYPES[kv_type.lower()]
-    except KeyError:
-        raise ValueError(f"unknown KV cache type {kv_type!r}; known: {', '.join(KV_TYPES)}") from None
-    return -(-n_elements // block) * size
+    """Bytes for one row of `n_elements` values of a KV cache type (whole blocks, + row header)."""
+    name = _KV_BY_LOWER.get(kv_type.lower())
+    if name is None:
+        raise ValueError(f"unknown KV cache type {kv_type!r}; known: {', '.join(KV_TYPES)}")
+    block, size = KV_TYPES[name]
+    return -(-n_elements // block) * size + KV_ROW_META.get(name, 0)
 
 
 def _mib(n: int) -> float:

@@ -90,7 +90,10 @@ class Lifecycle:
         cfg, settings = replace(rt.config, **overrides), self.config.settings
         backend_name = self.config.backend_name(cfg)
         backend = settings.backends[backend_name]
-        problem = check_model(cfg, backend)
+        ngl = plan.placement.n_gpu_layers if plan.placement.n_gpu_layers is not None else cfg.ngl
+        # On CPU when no layer is offloaded or the plan names no GPU for the child.
+        on_cpu = ngl == 0 or not plan.env.get("CUDA_VISIBLE_DEVICES")
+        problem = check_model(cfg, backend, on_cpu=on_cpu)
         binary = await asyncio.to_thread(resolve_binary, backend.binary)  # stats the filesystem
         if problem is None and binary is None:
             problem = (

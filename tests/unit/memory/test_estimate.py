@@ -254,3 +254,9 @@ def test_parse_nothing() -> None:
 )  # fmt: skip
 def test_is_host_buffer(name: str, host: bool) -> None:
     assert is_host_buffer(name) is host
+
+
+def test_kv_row_bytes_q8_kv() -> None:
+    # ik's q8_KV: one byte a value plus an 8-byte row header; any case spelling.
+    assert kv_row_bytes("q8_KV", 256) == 256 + 8
+    assert kv_row_bytes("Q8_kv", 100) == 128 + 8
