@@ -48,7 +48,7 @@ async def restore_checked(
 ) -> tuple[Restored, dict[str, Any]]:
     """Restore `m` into `slot` and check the slot at once; SlotError if llama-server refuses."""
     before = await client.metrics()
-    reply = await client.action(slot, "restore", m.stem + ".bin")
+    reply = await client.action(slot, "restore", m.stem + ".bin", nbytes=m.bytes)
     n = int(reply.get("n_restored", 0))
     state = next((s for s in await client.slots() if s.id == slot), None)
     shown = state.n_tokens if state is not None else None

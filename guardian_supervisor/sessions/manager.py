@@ -30,7 +30,12 @@ from guardian_supervisor.sessions.check import (
     restore_checked,
     watch_first_use,
 )
-from guardian_supervisor.sessions.slots import SlotClient, holds_conversation, pick_slot
+from guardian_supervisor.sessions.slots import (
+    SAVE_BYTES_PER_TOKEN,
+    SlotClient,
+    holds_conversation,
+    pick_slot,
+)
 from guardian_supervisor.sessions.store import (
     Manifest,
     SessionStore,
@@ -86,6 +91,15 @@ class SessionManager:
                     continue
                 try:
                     await self._restore_into(client, rt, m, m.slot)
+                except TimeoutError:
+                    # No reply in time (ik can lose it): the file may be fine, so keep it and go on.
+                    log.warning(
+                        "session_restore_skipped",
+                        model=rt.name,
+                        session=m.name,
+                        reason=f"llama-server did not answer the restore of {m.bytes} bytes in time; "
+                        "the conversation is read again",
+                    )
                 except SLOT_ERRORS as e:
                     # A damaged file: drop it; the conversation is simply read again.
                     log.warning("session_restore_failed", model=rt.name, session=m.name, error=str(e))
@@ -123,7 +137,15 @@ class SessionManager:
                     continue
                 t0 = time.monotonic()
                 try:
-                    m = await self._save_slot(client, rt, target, carry_stem(s.id), "carry", s.id)
+                    m = await self._save_slot(client, rt, target, carry_stem(s.id), "carry", s.id, s.n_tokens)
+                except TimeoutError:
+                    log.warning(
+                        "session_carry_failed",
+                        model=rt.name,
+                        slot=s.id,
+                        error="llama-server did not answer the slot save in time; carry-over skipped",
+                    )
+                    continue
                 except (*SLOT_ERRORS, OSError) as e:
                     log.warning("session_carry_failed", model=rt.name, slot=s.id, error=str(e))
                     continue
@@ -178,7 +200,7 @@ class SessionManager:
             async with self._lock(cfg.name):
                 old = await asyncio.to_thread(self.store.find, name)
                 t0 = time.monotonic()
-                m = await self._save_slot(client, rt, target, name, "named", chosen.id)
+                m = await self._save_slot(client, rt, target, name, "named", chosen.id, chosen.n_tokens)
                 if m is None:
                     raise GuardianError(
                         Code.CONFLICT, f"slot {chosen.id} of '{cfg.name}' was empty when saved"
@@ -275,11 +297,20 @@ class SessionManager:
         return out
 
     async def _save_slot(
-        self, client: SlotClient, rt: ModelRuntime, target: Target, stem: str, kind: str, slot: int
+        self,
+        client: SlotClient,
+        rt: ModelRuntime,
+        target: Target,
+        stem: str,
+        kind: str,
+        slot: int,
+        n_tokens: int | None,
     ) -> Manifest | None:
         """llama-server writes `<stem>.partial`; it becomes `<stem>.bin` + manifest here."""
         await asyncio.to_thread(self.store.discard_partial, rt.name, stem)
-        reply = await client.action(slot, "save", stem + ".partial")
+        tokens = n_tokens if n_tokens is not None else (target.ctx or 0) * target.parallel
+        bound = tokens * SAVE_BYTES_PER_TOKEN
+        reply = await client.action(slot, "save", stem + ".partial", nbytes=bound)
         n_saved = int(reply.get("n_saved", 0))
         if n_saved <= 0:
             await asyncio.to_thread(self.store.discard_partial, rt.name, stem)

@@ -30,6 +30,8 @@ class FakeSlots:
         self.hide_restored = False  # the upstream bug: restore "works", the slot stays empty
         self.calls: list[tuple[str, int, str]] = []
         self.next_task = 1
+        self.lose_reply: set[str] = set()  # actions whose reply never comes (ik's server race)
+        self.release = asyncio.Event()  # lets the lost replies' handlers end at teardown
 
     def fresh(self) -> None:
         """A new process: empty slots, counters at zero."""
@@ -57,6 +59,8 @@ class FakeSlots:
         body = await request.json()
         name = body.get("filename", "")
         self.calls.append((act, slot, name))
+        if act in self.lose_reply:
+            await self.release.wait()
         if "/" in name:
             return _error("Invalid filename")
         if act == "save":
@@ -220,3 +224,29 @@ async def test_servers_for_guardians_own_work_are_left_out(env):
     await mgr.model_stopping(rt, "benchmark cell done")
     assert fake.calls == [], "neither restored into nor saved over by a benchmark server"
     assert json.loads((slot_dir / "_carry-slot0.json").read_text())["n_tokens"] == 80
+
+
+async def test_a_lost_slot_reply_is_waited_for_seconds_then_skipped(env, monkeypatch):
+    from guardian_supervisor.sessions import slots
+
+    fake, mgr, rt, slot_dir = env
+    monkeypatch.setattr(slots, "SLOT_IO_BASE_S", 0.3)
+    assert slots.slot_io_timeout(100 * 2**20).total == pytest.approx(0.3 + 2.0)
+    fake.run_task(0, cached=0)
+    fake.lose_reply = {"save"}
+    t0 = asyncio.get_running_loop().time()
+    await mgr.model_stopping(rt, "evicted for other")  # no exception: the stop goes on
+    assert asyncio.get_running_loop().time() - t0 < 5
+    assert not (slot_dir / "_carry-slot0.bin").exists()
+
+    fake.lose_reply = set()
+    await mgr.model_stopping(rt, "evicted for other")
+    assert (slot_dir / "_carry-slot0.bin").exists()
+    fake.fresh()
+    fake.lose_reply = {"restore"}
+    t0 = asyncio.get_running_loop().time()
+    await mgr.model_started(rt)
+    assert asyncio.get_running_loop().time() - t0 < 5
+    # Skipped, not judged damaged: the file stays for the next start.
+    assert mgr._restored.get("m", {}) == {} and (slot_dir / "_carry-slot0.bin").exists()
+    fake.release.set()
