@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import socket
 import sys
 import time
 from collections.abc import Callable
@@ -25,6 +24,7 @@ import structlog
 from guardian_supervisor.models.argv import build_argv, check_model
 from guardian_supervisor.models.launcher import Child, LoadError, llama_session, wait_ready
 from guardian_supervisor.models.plans import Go, LifecycleHook, Planner
+from guardian_supervisor.models.ports import PORT_ATTEMPTS, free_port
 from guardian_supervisor.models.runtime import ModelRuntime, Profile, State
 from shared.config import Config, timeouts_for
 from shared.durations import parse_keep_alive
@@ -68,19 +68,10 @@ class Lifecycle:
 
     def pick_port(self, avoid: set[int] | None = None) -> int:
         used = {rt.port for rt in self._runtimes().values() if rt.port is not None} | (avoid or set())
-        port = self.config.settings.supervisor.port_base
-        while port < 65535:
-            if port not in used:
-                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-                    # As llama-server binds: a port whose old connections linger is usable.
-                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                    try:
-                        s.bind(("127.0.0.1", port))
-                        return port
-                    except OSError:
-                        pass
-            port += 1
-        raise GuardianError(Code.LOAD_FAILED, "no free TCP port above supervisor.port_base")
+        port = free_port(self.config.settings.supervisor.port_base, used)
+        if port is None:
+            raise GuardianError(Code.LOAD_FAILED, "no free TCP port above supervisor.port_base")
+        return port
 
     async def launch(
         self, rt: ModelRuntime, ctx: int, profile: Profile, plan: Go, internal: bool = False
@@ -119,7 +110,7 @@ class Lifecycle:
         try:
             await asyncio.to_thread(slot_dir.mkdir, parents=True, exist_ok=True)
             taken: set[int] = set()
-            for attempt in (1, 2):
+            for attempt in range(1, PORT_ATTEMPTS + 1):
                 rt.port = self.pick_port(taken)
                 rt.argv = build_argv(
                     cfg,
@@ -150,7 +141,7 @@ class Lifecycle:
                     break
                 except LoadError as e:
                     # Another process took the port between our check and llama-server's bind.
-                    if attempt == 2 or e.timed_out or not any("bind" in line for line in e.tail):
+                    if attempt == PORT_ATTEMPTS or e.timed_out or not any("bind" in line for line in e.tail):
                         raise
                     log.warning("port_taken_retrying", model=cfg.name, port=rt.port)
                     taken.add(rt.port)
