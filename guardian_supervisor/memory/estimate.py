@@ -72,6 +72,7 @@ class Estimate:
     output_bytes: int
     overhead_bytes: int
     total_bytes: int
+    host_cache_bytes: int = 0  # ik's host prompt cache (--cache-ram), in total_bytes on CPU runs
 
     @property
     def per_layer_bytes(self) -> list[int]:
@@ -90,6 +91,7 @@ class Estimate:
             "compute_mib": _mib(self.compute_bytes),
             "output_mib": _mib(self.output_bytes),
             "overhead_mib": _mib(self.overhead_bytes),
+            "host_cache_mib": _mib(self.host_cache_bytes),
             "total_mib": _mib(self.total_bytes),
         }
 
@@ -108,13 +110,15 @@ def estimate(
     kv_unified: bool = False,
     flavor: str = "upstream",
     overhead_bytes: int | None = None,
+    host_cache_bytes: int = 0,
 ) -> Estimate:
     """Predict the memory llama-server needs for `info` at `-c ctx` (total over `-np` slots).
 
     gpu=True answers "how much VRAM with every layer offloaded": token_embd stays in host
     memory in both forks (unless it doubles as the output matrix), and the fixed
     per-device overhead (default DEFAULT_GPU_OVERHEAD) is added. gpu=False answers for a
-    CPU-only run: every tensor counts and the overhead defaults to 0.
+    CPU-only run: every tensor counts and the overhead defaults to 0. `host_cache_bytes`
+    (ik's --cache-ram) is host memory: it counts in the total of a CPU-only run only.
     A quantized V cache (`kv_type_v`, default = kv_type) needs flash attention.
     """
     if ctx < 1 or n_parallel < 1 or n_ubatch < 1 or n_batch < 1:
@@ -135,6 +139,7 @@ def estimate(
     output = n_parallel * info.n_vocab * 4  # logits buffer: one f32 row per sequence
     overhead = overhead_bytes if overhead_bytes is not None else (DEFAULT_GPU_OVERHEAD if gpu else 0)
     kv = sum(kv_per_layer)
+    host_cache = 0 if gpu else host_cache_bytes
     return Estimate(
         ctx=cells,
         weights_bytes=weights,
@@ -145,7 +150,8 @@ def estimate(
         compute_bytes=compute,
         output_bytes=output,
         overhead_bytes=overhead,
-        total_bytes=weights + kv + compute + output + overhead,
+        total_bytes=weights + kv + compute + output + overhead + host_cache,
+        host_cache_bytes=host_cache,
     )
 
 

@@ -68,6 +68,9 @@ GONE_FROM_IK = {
 # ik always runs flash attention on CPU, and its CPU flash attention has no kernels for these
 # cache types: the server aborts at the first request.
 IK_CPU_BAD_KV = {"bf16", "q5_0", "q5_1"}
+# ik keeps finished prompts' KV in host RAM, 8 GiB by default; Guardian caps it and counts the
+# cap in the memory budget (memory.planner).
+IK_CACHE_RAM_MIB = 1024
 IK_SPLIT_MODES = {"none", "layer", "attn", "graph"}
 UPSTREAM_SPLIT_MODES = {"none", "layer", "row", "tensor"}
 
@@ -170,6 +173,8 @@ def build_argv(
     else:
         argv += ["--jinja"]  # ik: jinja is off by default and tool calls need it
     argv += ["--metrics"]
+    if ik:
+        argv += ["--cache-ram", str(IK_CACHE_RAM_MIB)]
     if not ik:
         argv += ["-fit", "off"]  # upstream would shrink ctx/ngl on its own; Guardian owns the budget
         argv += ["-lv", "4"]  # upstream prints its buffer sizes (the measured memory) only at -lv 4

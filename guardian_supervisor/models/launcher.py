@@ -70,9 +70,12 @@ class LoadError(Exception):
 class Child:
     """One llama-server process and what it printed."""
 
-    def __init__(self, name: str, argv: list[str], log_path: Path, ring_lines: int = 200) -> None:
+    def __init__(
+        self, name: str, argv: list[str], log_path: Path, ring_lines: int = 200, cwd: Path | None = None
+    ) -> None:
         self.name = name
         self.argv = argv
+        self.cwd = cwd  # ik writes llama.log into its working directory
         self.log_path = log_path
         self.lines: deque[str] = deque(maxlen=ring_lines)
         self.proc: subprocess.Popen[bytes] | None = None
@@ -97,6 +100,8 @@ class Child:
 
     def _spawn(self, env: dict[str, str] | None) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        if self.cwd is not None:
+            self.cwd.mkdir(parents=True, exist_ok=True)
         log = _RotatingLog(self.log_path)
         log.write(f"=== {time.strftime('%Y-%m-%dT%H:%M:%S')} start: {' '.join(self.argv)}\n".encode())
         try:
@@ -108,6 +113,7 @@ class Child:
                 start_new_session=True,
                 preexec_fn=_die_with_parent,
                 env=env,
+                cwd=self.cwd,
             )
         except OSError as e:
             log.write(f"=== cannot start: {e}\n".encode())

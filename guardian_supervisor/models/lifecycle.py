@@ -126,6 +126,8 @@ class Lifecycle:
                     rt.argv,
                     settings.supervisor.data_dir / "logs" / f"{cfg.name}.log",
                     settings.supervisor.log_ring_lines,
+                    # ik writes llama.log into its working directory: one per model, in the data dir.
+                    cwd=settings.supervisor.data_dir / "run" / cfg.name if backend.flavor == "ik" else None,
                 )
                 child.on_exit = lambda c: self._on_exit(rt, c)
                 rt.child = child

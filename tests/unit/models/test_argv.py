@@ -145,3 +145,11 @@ def test_ik_cpu_refuses_kv_types_its_flash_attention_lacks(kv):
     assert check_model(model(kv_type=kv), IK, on_cpu=False) is None
     assert check_model(model(kv_type=kv), UP, on_cpu=True) is None
     assert check_model(model(kv_type="q8_KV"), IK, on_cpu=True) is None
+
+
+def test_ik_host_prompt_cache_is_capped():
+    from guardian_supervisor.models.argv import IK_CACHE_RAM_MIB
+
+    argv = build_argv(model(), IK, binary="ik", port=1)
+    assert flag(argv, "--cache-ram") == str(IK_CACHE_RAM_MIB) and IK_CACHE_RAM_MIB < 8192
+    assert "--cache-ram" not in build_argv(model(), UP, binary="up", port=1)
