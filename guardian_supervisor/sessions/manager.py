@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -190,6 +191,15 @@ class SessionManager:
         try:
             client = self._client(rt)
             slots = await client.slots()
+            # A slot restored and not used since holds its conversation even where the server
+            # lists no token count for it (ik_llama.cpp): count the restore's tokens then.
+            restored = self._restored.get(cfg.name, {})
+            slots = [
+                replace(s, n_tokens=restored[s.id].n_tokens)
+                if s.id in restored and not holds_conversation(s)
+                else s
+                for s in slots
+            ]
             chosen = next((s for s in slots if s.id == slot), None) if slot is not None else pick_slot(slots)
             if chosen is None or not holds_conversation(chosen):
                 where = f"slot {slot}" if slot is not None else "any slot"

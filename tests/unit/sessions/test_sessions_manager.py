@@ -32,6 +32,7 @@ class FakeSlots:
         self.next_task = 1
         self.lose_reply: set[str] = set()  # actions whose reply never comes (ik's server race)
         self.release = asyncio.Event()  # lets the lost replies' handlers end at teardown
+        self.ik_shape = False  # ik_llama.cpp's /slots: no token count, no task id
 
     def fresh(self) -> None:
         """A new process: empty slots, counters at zero."""
@@ -48,7 +49,9 @@ class FakeSlots:
         out = []
         for i in range(self.n_slots):
             s: dict[str, Any] = {"id": i, "n_ctx": 1024, "is_processing": False}
-            if i in self.id_task or i in self.tokens:  # like build 11434: fields once a task ran
+            if self.ik_shape:
+                s["id_task"] = -1
+            elif i in self.id_task or i in self.tokens:  # like build 11434: fields once a task ran
                 s["id_task"] = self.id_task.get(i, -1)
                 s["n_prompt_tokens"] = 0 if self.hide_restored else len(self.tokens.get(i, []))
             out.append(s)
@@ -250,3 +253,43 @@ async def test_a_lost_slot_reply_is_waited_for_seconds_then_skipped(env, monkeyp
     # Skipped, not judged damaged: the file stays for the next start.
     assert mgr._restored.get("m", {}) == {} and (slot_dir / "_carry-slot0.bin").exists()
     fake.release.set()
+
+
+def test_restore_check_says_verified_only_when_it_is():
+    from guardian_supervisor.sessions.check import restore_check
+
+    assert restore_check(80, 80, 80) == "verified"
+    assert restore_check(80, 80, None) == "unknown"  # ik lists no slot count: the reply alone
+    assert restore_check(80, 80, 0) == "mismatch"
+    assert restore_check(40, 80, None) == "mismatch"  # fewer tokens back than were saved
+
+
+async def test_named_save_right_after_an_ik_restore(env):
+    fake, mgr, rt, slot_dir = env
+    fake.ik_shape = True
+    fake.run_task(0, cached=0)
+    mgr._restored["m"] = {}
+    # ik's /slots gives no count: what the slot holds is known only from the restore.
+    from guardian_supervisor.sessions.check import Restored
+
+    m = replace(
+        __import__("guardian_supervisor.sessions.store", fromlist=["Manifest"]).Manifest(
+            name="x",
+            kind="named",
+            model="m",
+            model_path="",
+            model_size=0,
+            model_mtime_ns=0,
+            ctx=1024,
+            kv_type="f16",
+            flavor="ik",
+            slot=0,
+            n_tokens=80,
+            bytes=1,
+            created=0.0,
+            used=0.0,
+        )
+    )
+    mgr._restored["m"][0] = Restored(m, 80, None, None)
+    out = await mgr.save("again", "m", None, conn_id=1)
+    assert out["n_tokens"] == 80 and (slot_dir / "again.bin").exists()
