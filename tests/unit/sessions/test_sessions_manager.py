@@ -265,7 +265,7 @@ def test_restore_check_says_verified_only_when_it_is():
 
 
 async def test_named_save_right_after_an_ik_restore(env):
-    fake, mgr, rt, slot_dir = env
+    fake, mgr, _rt, slot_dir = env
     fake.ik_shape = True
     fake.run_task(0, cached=0)
     mgr._restored["m"] = {}
