@@ -30,6 +30,7 @@ KV_TYPES: dict[str, tuple[int, int]] = {
     "f16": (1, 2),
     "bf16": (1, 2),
     "q8_0": (32, 34),
+    "q8_KV": (32, 32),  # ik: int8 values, plus KV_ROW_META bytes of scale per row
     "q6_0": (32, 26),
     "q5_1": (32, 24),
     "q5_0": (32, 22),
@@ -39,13 +40,18 @@ KV_TYPES: dict[str, tuple[int, int]] = {
 }
 
 
+# Types that store a per-row header (ik's ggml.c `row_meta_size`) beside their blocks.
+KV_ROW_META: dict[str, int] = {"q8_KV": 8}
+_KV_BY_LOWER = {k.lower(): k for k in KV_TYPES}
+
+
 def kv_row_bytes(kv_type: str, n_elements: int) -> int:
-    """Bytes for `n_elements` values of a KV cache type (rounded up to whole blocks)."""
-    try:
-        block, size = KV_TYPES[kv_type.lower()]
-    except KeyError:
-        raise ValueError(f"unknown KV cache type {kv_type!r}; known: {', '.join(KV_TYPES)}") from None
-    return -(-n_elements // block) * size
+    """Bytes for one row of `n_elements` values of a KV cache type (whole blocks, + row header)."""
+    name = _KV_BY_LOWER.get(kv_type.lower())
+    if name is None:
+        raise ValueError(f"unknown KV cache type {kv_type!r}; known: {', '.join(KV_TYPES)}")
+    block, size = KV_TYPES[name]
+    return -(-n_elements // block) * size + KV_ROW_META.get(name, 0)
 
 
 def _mib(n: int) -> float:
@@ -66,6 +72,7 @@ class Estimate:
     output_bytes: int
     overhead_bytes: int
     total_bytes: int
+    host_cache_bytes: int = 0  # ik's host prompt cache (--cache-ram), in total_bytes on CPU runs
 
     @property
     def per_layer_bytes(self) -> list[int]:
@@ -84,6 +91,7 @@ class Estimate:
             "compute_mib": _mib(self.compute_bytes),
             "output_mib": _mib(self.output_bytes),
             "overhead_mib": _mib(self.overhead_bytes),
+            "host_cache_mib": _mib(self.host_cache_bytes),
             "total_mib": _mib(self.total_bytes),
         }
 
@@ -102,13 +110,15 @@ def estimate(
     kv_unified: bool = False,
     flavor: str = "upstream",
     overhead_bytes: int | None = None,
+    host_cache_bytes: int = 0,
 ) -> Estimate:
     """Predict the memory llama-server needs for `info` at `-c ctx` (total over `-np` slots).
 
     gpu=True answers "how much VRAM with every layer offloaded": token_embd stays in host
     memory in both forks (unless it doubles as the output matrix), and the fixed
     per-device overhead (default DEFAULT_GPU_OVERHEAD) is added. gpu=False answers for a
-    CPU-only run: every tensor counts and the overhead defaults to 0.
+    CPU-only run: every tensor counts and the overhead defaults to 0. `host_cache_bytes`
+    (ik's --cache-ram) is host memory: it counts in the total of a CPU-only run only.
     A quantized V cache (`kv_type_v`, default = kv_type) needs flash attention.
     """
     if ctx < 1 or n_parallel < 1 or n_ubatch < 1 or n_batch < 1:
@@ -129,6 +139,7 @@ def estimate(
     output = n_parallel * info.n_vocab * 4  # logits buffer: one f32 row per sequence
     overhead = overhead_bytes if overhead_bytes is not None else (DEFAULT_GPU_OVERHEAD if gpu else 0)
     kv = sum(kv_per_layer)
+    host_cache = 0 if gpu else host_cache_bytes
     return Estimate(
         ctx=cells,
         weights_bytes=weights,
@@ -139,7 +150,8 @@ def estimate(
         compute_bytes=compute,
         output_bytes=output,
         overhead_bytes=overhead,
-        total_bytes=weights + kv + compute + output + overhead,
+        total_bytes=weights + kv + compute + output + overhead + host_cache,
+        host_cache_bytes=host_cache,
     )
 
 

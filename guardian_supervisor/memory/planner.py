@@ -27,7 +27,7 @@ from guardian_supervisor.memory.estimate import (
 )
 from guardian_supervisor.memory.gguf_info import GGUFError, ModelInfo, read_model_info
 from guardian_supervisor.memory.gpus import GpuSource, Inventory, recovery_target, wait_for_release
-from guardian_supervisor.models.argv import Placement, launch_ctx
+from guardian_supervisor.models.argv import IK_CACHE_RAM_MIB, Placement, launch_ctx
 from guardian_supervisor.models.plans import Go, PlanResult, Refuse, Wait
 from guardian_supervisor.models.runtime import ModelRuntime, Profile
 from shared.atomic import read_json, write_json_atomic
@@ -69,6 +69,7 @@ def estimate_for(
         flash_attn=flash,
         flavor=flavor,
         overhead_bytes=overhead,
+        host_cache_bytes=IK_CACHE_RAM_MIB * MiB if flavor == "ik" else 0,
     )
 
 
@@ -97,7 +98,13 @@ def prefer_measured(est: Estimate, meas: dict[str, Any] | None) -> Estimate:
         kv_per_layer=kv,
         kv_bytes=sum(kv),
         compute_bytes=compute,
-        total_bytes=weights + sum(kv) + compute + est.output_bytes + est.overhead_bytes,
+        # The host prompt cache fills later, so no buffer line measures it: keep the cap.
+        total_bytes=weights
+        + sum(kv)
+        + compute
+        + est.output_bytes
+        + est.overhead_bytes
+        + est.host_cache_bytes,
     )
 
 

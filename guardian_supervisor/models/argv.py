@@ -61,8 +61,16 @@ UPSTREAM_ONLY_FLAGS = {
     "--fit",
 }
 GONE_FROM_IK = {
-    "-fmoe": "fused MoE is on by default in ik_llama.cpp and -fmoe was removed; drop it (use -no-fmoe to turn it off)"
+    "-fmoe": "fused MoE is on by default in ik_llama.cpp and -fmoe was removed; drop it (use -no-fmoe to turn it off)",
+    "-lv": "ik_llama.cpp has no log verbosity levels; drop it (use -v for verbose logs)",
+    "--verbosity": "ik_llama.cpp has no log verbosity levels; drop it (use -v for verbose logs)",
 }
+# ik always runs flash attention on CPU, and its CPU flash attention has no kernels for these
+# cache types: the server aborts at the first request.
+IK_CPU_BAD_KV = {"bf16", "q5_0", "q5_1"}
+# ik keeps finished prompts' KV in host RAM, 8 GiB by default; Guardian caps it and counts the
+# cap in the memory budget (memory.planner).
+IK_CACHE_RAM_MIB = 1024
 IK_SPLIT_MODES = {"none", "layer", "attn", "graph"}
 UPSTREAM_SPLIT_MODES = {"none", "layer", "row", "tensor"}
 
@@ -110,8 +118,13 @@ def check_extra_args(flavor: str, model: str, args: list[str]) -> str | None:
     return None
 
 
-def check_model(model: ModelConfig, backend: Backend) -> str | None:
+def check_model(model: ModelConfig, backend: Backend, *, on_cpu: bool = False) -> str | None:
     """Problems with a model/backend combination that would make llama-server exit at start."""
+    if on_cpu and backend.flavor == "ik" and model.kv_type in IK_CPU_BAD_KV:
+        return (
+            f"model {model.name!r}: kv_type {model.kv_type} makes ik_llama.cpp abort on CPU "
+            "(its CPU flash attention, always on, has no kernel for it); use f16, q8_0, q8_KV, q6_0 or q4_0"
+        )
     if model.kv_type in IK_ONLY_KV and backend.flavor != "ik":
         return f"model {model.name!r}: kv_type {model.kv_type} exists only in ik_llama.cpp; use backend: ik_fork or another kv_type"
     if model.kv_type in QUANTIZED_KV and model.flash_attn == "off":
@@ -160,6 +173,8 @@ def build_argv(
     else:
         argv += ["--jinja"]  # ik: jinja is off by default and tool calls need it
     argv += ["--metrics"]
+    if ik:
+        argv += ["--cache-ram", str(IK_CACHE_RAM_MIB)]
     if not ik:
         argv += ["-fit", "off"]  # upstream would shrink ctx/ngl on its own; Guardian owns the budget
         argv += ["-lv", "4"]  # upstream prints its buffer sizes (the measured memory) only at -lv 4

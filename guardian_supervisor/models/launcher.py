@@ -117,6 +117,7 @@ class Child:
         *,
         port: int | None = None,
         key_dir: Path | None = None,
+        cwd: Path | None = None,
     ) -> None:
         self.name = name
         self.argv = argv  # as shown in status; the key-file flag is added only at spawn
@@ -124,6 +125,7 @@ class Child:
         self.key_dir = key_dir  # None: start without a key (only tests of the launcher itself)
         self.api_key: str | None = None
         self.key_file: Path | None = None
+        self.cwd = cwd  # ik writes llama.log into its working directory
         self.log_path = log_path
         self.lines: deque[str] = deque(maxlen=ring_lines)
         self.proc: subprocess.Popen[bytes] | None = None
@@ -150,6 +152,8 @@ class Child:
 
     def _spawn(self, env: dict[str, str] | None) -> None:
         make_private_dir(self.log_path.parent)
+        if self.cwd is not None:
+            make_private_dir(self.cwd)
         log = _RotatingLog(self.log_path)
         log.write(f"=== {time.strftime('%Y-%m-%dT%H:%M:%S')} start: {' '.join(self.argv)}\n".encode())
         argv = list(self.argv)
@@ -168,6 +172,7 @@ class Child:
                 start_new_session=True,
                 preexec_fn=_die_with_parent,
                 env=child_auth.child_env(os.environ if env is None else env),
+                cwd=self.cwd,
             )
         except OSError as e:
             log.write(f"=== cannot start: {e}\n".encode())

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import socket
 import sys
 import time
 from collections.abc import Callable
@@ -25,6 +24,7 @@ import structlog
 from guardian_supervisor.models.argv import build_argv, check_model
 from guardian_supervisor.models.launcher import Child, LoadError, llama_session, make_private_dir, wait_ready
 from guardian_supervisor.models.plans import Go, LifecycleHook, Planner
+from guardian_supervisor.models.ports import PORT_ATTEMPTS, free_port
 from guardian_supervisor.models.runtime import ModelRuntime, Profile, State
 from shared.config import Config, timeouts_for
 from shared.durations import parse_keep_alive
@@ -68,19 +68,10 @@ class Lifecycle:
 
     def pick_port(self, avoid: set[int] | None = None) -> int:
         used = {rt.port for rt in self._runtimes().values() if rt.port is not None} | (avoid or set())
-        port = self.config.settings.supervisor.port_base
-        while port < 65535:
-            if port not in used:
-                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-                    # As llama-server binds: a port whose old connections linger is usable.
-                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                    try:
-                        s.bind(("127.0.0.1", port))
-                        return port
-                    except OSError:
-                        pass
-            port += 1
-        raise GuardianError(Code.LOAD_FAILED, "no free TCP port above supervisor.port_base")
+        port = free_port(self.config.settings.supervisor.port_base, used)
+        if port is None:
+            raise GuardianError(Code.LOAD_FAILED, "no free TCP port above supervisor.port_base")
+        return port
 
     async def launch(
         self, rt: ModelRuntime, ctx: int, profile: Profile, plan: Go, internal: bool = False
@@ -90,7 +81,10 @@ class Lifecycle:
         cfg, settings = replace(rt.config, **overrides), self.config.settings
         backend_name = self.config.backend_name(cfg)
         backend = settings.backends[backend_name]
-        problem = check_model(cfg, backend)
+        ngl = plan.placement.n_gpu_layers if plan.placement.n_gpu_layers is not None else cfg.ngl
+        # On CPU when no layer is offloaded or the plan names no GPU for the child.
+        on_cpu = ngl == 0 or not plan.env.get("CUDA_VISIBLE_DEVICES")
+        problem = check_model(cfg, backend, on_cpu=on_cpu)
         binary = await asyncio.to_thread(resolve_binary, backend.binary)  # stats the filesystem
         if problem is None and binary is None:
             problem = (
@@ -116,7 +110,7 @@ class Lifecycle:
         try:
             await asyncio.to_thread(make_private_dir, slot_dir)
             taken: set[int] = set()
-            for attempt in (1, 2):
+            for attempt in range(1, PORT_ATTEMPTS + 1):
                 rt.port = self.pick_port(taken)
                 rt.argv = build_argv(
                     cfg,
@@ -134,6 +128,8 @@ class Lifecycle:
                     settings.supervisor.log_ring_lines,
                     port=rt.port,
                     key_dir=settings.supervisor.data_dir / "run" / "keys",
+                    # ik writes llama.log into its working directory: one per model, in the data dir.
+                    cwd=settings.supervisor.data_dir / "run" / cfg.name if backend.flavor == "ik" else None,
                 )
                 child.on_exit = lambda c: self._on_exit(rt, c)
                 rt.child = child
@@ -149,7 +145,7 @@ class Lifecycle:
                     break
                 except LoadError as e:
                     # Another process took the port between our check and llama-server's bind.
-                    if attempt == 2 or e.timed_out or not any("bind" in line for line in e.tail):
+                    if attempt == PORT_ATTEMPTS or e.timed_out or not any("bind" in line for line in e.tail):
                         raise
                     log.warning("port_taken_retrying", model=cfg.name, port=rt.port)
                     taken.add(rt.port)

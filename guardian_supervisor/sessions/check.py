@@ -1,8 +1,10 @@
 """Did a restore take? llama-server can report a slot restore as done while its next request
 re-reads the whole prompt (ggml-org/llama.cpp#25913, #26676), so every restore is checked twice:
 
-1. right after it, GET /slots must show the restored token count in that slot (a fresh
-   upstream server lists no count for a slot that has not run a task: "unknown");
+1. right after it, the reply's `n_restored` must be the manifest's token count and GET /slots
+   must show that count in the slot: "verified" only when both agree. A fresh upstream
+   server lists no count for a slot that has not run a task, and ik_llama.cpp lists none at
+   all: then the reply alone speaks, "unknown";
 2. when the first request has used the slot (its task id changed), llama-server's counter
    `llamacpp:prompt_tokens_cached_total` must have grown since the restore, i.e. the request
    found cached tokens (its `timings.cache_n` > 0).
@@ -43,16 +45,24 @@ class Restored:
     verdict: str | None = None  # "reused", "not_used" or "unknown" once a request used the slot
 
 
+def restore_check(n_restored: int, n_saved: int, slot_tokens: int | None) -> str:
+    """ "verified" when the reply and the slot both hold what was saved; "unknown" when the
+    server lists no slot count (ik never does); else "mismatch"."""
+    if n_restored != n_saved or (slot_tokens is not None and slot_tokens != n_restored):
+        return "mismatch"
+    return "unknown" if slot_tokens is None else "verified"
+
+
 async def restore_checked(
     client: SlotClient, model: str, m: Manifest, slot: int
 ) -> tuple[Restored, dict[str, Any]]:
     """Restore `m` into `slot` and check the slot at once; SlotError if llama-server refuses."""
     before = await client.metrics()
-    reply = await client.action(slot, "restore", m.stem + ".bin")
+    reply = await client.action(slot, "restore", m.stem + ".bin", nbytes=m.bytes)
     n = int(reply.get("n_restored", 0))
     state = next((s for s in await client.slots() if s.id == slot), None)
     shown = state.n_tokens if state is not None else None
-    check = "ok" if shown == n else "unknown" if shown is None else "mismatch"
+    check = restore_check(n, m.n_tokens, shown)
     if check == "mismatch":
         log.warning(
             "session_restore_unverified",

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -30,7 +31,12 @@ from guardian_supervisor.sessions.check import (
     restore_checked,
     watch_first_use,
 )
-from guardian_supervisor.sessions.slots import SlotClient, holds_conversation, pick_slot
+from guardian_supervisor.sessions.slots import (
+    SAVE_BYTES_PER_TOKEN,
+    SlotClient,
+    holds_conversation,
+    pick_slot,
+)
 from guardian_supervisor.sessions.store import (
     Manifest,
     SessionStore,
@@ -86,6 +92,15 @@ class SessionManager:
                     continue
                 try:
                     await self._restore_into(client, rt, m, m.slot)
+                except TimeoutError:
+                    # No reply in time (ik can lose it): the file may be fine, so keep it and go on.
+                    log.warning(
+                        "session_restore_skipped",
+                        model=rt.name,
+                        session=m.name,
+                        reason=f"llama-server did not answer the restore of {m.bytes} bytes in time; "
+                        "the conversation is read again",
+                    )
                 except SLOT_ERRORS as e:
                     # A damaged file: drop it; the conversation is simply read again.
                     log.warning("session_restore_failed", model=rt.name, session=m.name, error=str(e))
@@ -123,7 +138,15 @@ class SessionManager:
                     continue
                 t0 = time.monotonic()
                 try:
-                    m = await self._save_slot(client, rt, target, carry_stem(s.id), "carry", s.id)
+                    m = await self._save_slot(client, rt, target, carry_stem(s.id), "carry", s.id, s.n_tokens)
+                except TimeoutError:
+                    log.warning(
+                        "session_carry_failed",
+                        model=rt.name,
+                        slot=s.id,
+                        error="llama-server did not answer the slot save in time; carry-over skipped",
+                    )
+                    continue
                 except (*SLOT_ERRORS, OSError) as e:
                     log.warning("session_carry_failed", model=rt.name, slot=s.id, error=str(e))
                     continue
@@ -171,6 +194,15 @@ class SessionManager:
         try:
             client = self._client(rt)
             slots = await client.slots()
+            # A slot restored and not used since holds its conversation even where the server
+            # lists no token count for it (ik_llama.cpp): count the restore's tokens then.
+            restored = self._restored.get(cfg.name, {})
+            slots = [
+                replace(s, n_tokens=restored[s.id].n_tokens)
+                if s.id in restored and not holds_conversation(s)
+                else s
+                for s in slots
+            ]
             chosen = next((s for s in slots if s.id == slot), None) if slot is not None else pick_slot(slots)
             if chosen is None or not holds_conversation(chosen):
                 where = f"slot {slot}" if slot is not None else "any slot"
@@ -185,7 +217,9 @@ class SessionManager:
                         Code.CONFLICT, f"a session named '{name}' belongs to another key; pick another name"
                     )
                 t0 = time.monotonic()
-                m = await self._save_slot(client, rt, target, name, "named", chosen.id, owner)
+                m = await self._save_slot(
+                    client, rt, target, name, "named", chosen.id, chosen.n_tokens, owner
+                )
                 if m is None:
                     raise GuardianError(
                         Code.CONFLICT, f"slot {chosen.id} of '{cfg.name}' was empty when saved"
@@ -297,11 +331,14 @@ class SessionManager:
         stem: str,
         kind: str,
         slot: int,
+        n_tokens: int | None,
         owner: str | None = None,
     ) -> Manifest | None:
         """llama-server writes `<stem>.partial`; it becomes `<stem>.bin` + manifest here."""
         await asyncio.to_thread(self.store.discard_partial, rt.name, stem)
-        reply = await client.action(slot, "save", stem + ".partial")
+        tokens = n_tokens if n_tokens is not None else (target.ctx or 0) * target.parallel
+        bound = tokens * SAVE_BYTES_PER_TOKEN
+        reply = await client.action(slot, "save", stem + ".partial", nbytes=bound)
         n_saved = int(reply.get("n_saved", 0))
         if n_saved <= 0:
             await asyncio.to_thread(self.store.discard_partial, rt.name, stem)

@@ -13,13 +13,24 @@ from typing import Any
 
 import aiohttp
 
-# Saving or restoring several GiB of KV cache takes seconds on real hardware.
-SLOT_IO_TIMEOUT = aiohttp.ClientTimeout(total=600)
+# Saving or restoring a slot file runs at disk speed: seconds for GiB. ik's server can lose the
+# reply to a slot action (it queues the task before it awaits the reply), so the wait is bounded
+# by the file's size, not minutes, and the stop/start hooks every request waits on go on.
+SLOT_IO_BASE_S = 5.0
+SLOT_IO_BYTES_PER_S = 50 * 2**20  # a slow disk; page-cache writes run far faster
+# A save's file size is unknown before it is written: bound it by its tokens at a KV size per
+# token no model Guardian runs exceeds (a 70B f16 cache is ~0.3 MiB a token).
+SAVE_BYTES_PER_TOKEN = 2**20
 QUICK_TIMEOUT = aiohttp.ClientTimeout(total=10)
 
 
 class SlotError(Exception):
     """llama-server refused or failed a slot action; the message is its own."""
+
+
+def slot_io_timeout(nbytes: int) -> aiohttp.ClientTimeout:
+    """How long a save or restore of a slot file of `nbytes` may take before Guardian gives up."""
+    return aiohttp.ClientTimeout(total=SLOT_IO_BASE_S + max(nbytes, 0) / SLOT_IO_BYTES_PER_S)
 
 
 @dataclass(frozen=True)
@@ -96,11 +107,19 @@ class SlotClient:
             raise SlotError(f"GET /slots answered {str(body)[:200]}")
         return [parse_slot(s) for s in body if isinstance(s, dict)]
 
-    async def action(self, slot: int, action: str, filename: str | None = None) -> dict[str, Any]:
-        """POST /slots/{slot}?action=save|restore|erase; the reply, or SlotError with its message."""
+    async def action(
+        self, slot: int, action: str, filename: str | None = None, nbytes: int = 0
+    ) -> dict[str, Any]:
+        """POST /slots/{slot}?action=save|restore|erase; the reply, or SlotError with its message.
+
+        `nbytes` is the slot file's size (or a bound on it): the reply must come within
+        `slot_io_timeout(nbytes)`, else TimeoutError."""
         payload = {"filename": filename} if filename is not None else {}
         async with self.http.post(
-            f"{self.base}/slots/{slot}", params={"action": action}, json=payload, timeout=SLOT_IO_TIMEOUT
+            f"{self.base}/slots/{slot}",
+            params={"action": action},
+            json=payload,
+            timeout=slot_io_timeout(nbytes),
         ) as r:
             body = await _json(r)
         if not isinstance(body, dict):

@@ -5,7 +5,9 @@ Layout: `<data_dir>/slots/<model>/` is the model's `--slot-save-path`. A named s
 `_carry-slot<N>.bin` + `.json` (a leading `_` cannot start a session name, so the two never
 collide). llama-server writes `<stem>.partial` first; Guardian renames it, then writes the
 manifest atomically, so a crash leaves the old pair or a manifest whose byte count no longer
-matches (skipped with a log line, never restored).
+matches (skipped with a log line, never restored). ik_llama.cpp also writes the slot's token
+list to `<file>.tokens.json` beside the slot file and reads it back on restore: it moves,
+goes and counts with its slot file.
 
 Everything here blocks on the filesystem: call it through `asyncio.to_thread`.
 """
@@ -29,6 +31,18 @@ NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # fullmatch only: "$" 
 STEM_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,79}")  # names, plus the carry stems
 CARRY_PREFIX = "_carry-slot"
 MANIFEST_VERSION = 1
+TOKENS = ".tokens.json"  # ik's token list beside `<file>`: `<file>.tokens.json`
+# Every file a session owns, longest suffix first so `x.bin.tokens.json` is not read as `x.bin`.
+SESSION_SUFFIXES = (".partial" + TOKENS, ".bin" + TOKENS, ".partial", ".bin")
+
+
+def session_file(filename: str) -> tuple[str, str] | None:
+    """(stem, suffix) of a slot file or its token list, or None for anything else."""
+    for suffix in SESSION_SUFFIXES:
+        stem = filename[: -len(suffix)]
+        if filename.endswith(suffix) and STEM_RE.fullmatch(stem):
+            return stem, suffix
+    return None
 
 
 def check_name(name: object) -> str:
@@ -191,6 +205,8 @@ class SessionStore:
         for d in dirs:
             with contextlib.suppress(OSError):
                 for p in d.glob("*.json"):
+                    if p.name.endswith(TOKENS):
+                        continue  # ik's token list, not a manifest
                     m = self.read(d.name, p.stem)
                     if m is not None and m.model == d.name:
                         out.append(m)
@@ -222,6 +238,12 @@ class SessionStore:
         partial = self.path(m.model, m.stem, ".partial")
         final = self.path(m.model, m.stem, ".bin")
         m.bytes = partial.stat().st_size
+        tokens = self.path(m.model, m.stem, ".partial" + TOKENS)
+        if tokens.exists():
+            os.replace(tokens, self.path(m.model, m.stem, ".bin" + TOKENS))
+        else:  # upstream writes none: an older one must not sit beside the new slot file
+            with contextlib.suppress(FileNotFoundError):
+                self.path(m.model, m.stem, ".bin" + TOKENS).unlink()
         os.replace(partial, final)
         write_json_atomic(self.path(m.model, m.stem, ".json"), asdict(m), mode=0o600)
         return m
@@ -235,15 +257,16 @@ class SessionStore:
     def delete(self, model: str, stem: str) -> bool:
         """Remove a session's files; the manifest first, so no manifest points at nothing."""
         found = False
-        for suffix in (".json", ".bin", ".partial"):
+        for suffix in (".json", *SESSION_SUFFIXES):
             with contextlib.suppress(FileNotFoundError):
                 self.path(model, stem, suffix).unlink()
                 found = True
         return found
 
     def discard_partial(self, model: str, stem: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self.path(model, stem, ".partial").unlink()
+        for suffix in (".partial", ".partial" + TOKENS):
+            with contextlib.suppress(FileNotFoundError):
+                self.path(model, stem, suffix).unlink()
 
     def enforce_cap(self, model: str, max_bytes: int) -> list[str]:
         """Delete least recently used sessions of `model` until its files fit in `max_bytes`.
@@ -255,18 +278,16 @@ class SessionStore:
         by_stem: dict[str, tuple[float, int]] = {}  # stem → (last use, bytes)
         with contextlib.suppress(OSError):
             for p in d.iterdir():
+                found = session_file(p.name)
                 st = p.lstat()  # a symlink is never a session file: not followed, not deleted
-                if (
-                    p.suffix not in (".bin", ".partial")
-                    or not STEM_RE.fullmatch(p.stem)
-                    or not stat.S_ISREG(st.st_mode)
-                ):
+                if found is None or not stat.S_ISREG(st.st_mode):
                     continue  # not a file Guardian or llama-server wrote for a session
+                stem, suffix = found
                 size = st.st_size
-                m = self.read(model, p.stem) if p.suffix == ".bin" else None
+                m = self.read(model, stem) if suffix == ".bin" else None
                 used = m.used if m is not None else 0.0  # orphans first
-                last, total = by_stem.get(p.stem, (used, 0))
-                by_stem[p.stem] = (max(last, used), total + size)
+                last, total = by_stem.get(stem, (used, 0))
+                by_stem[stem] = (max(last, used), total + size)
         total = sum(size for _, size in by_stem.values())
         removed = []
         for stem, (_, size) in sorted(by_stem.items(), key=lambda kv: (kv[1][0], kv[0])):

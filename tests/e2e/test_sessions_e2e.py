@@ -110,7 +110,7 @@ def test_save_and_restore_by_name(guardian_factory, model_dir):
     assert state(g, "demo-a") == "STOPPED"
     restored = ctl_json(g, "session", "restore", "conv1")
     # A fresh server lists no token count for a slot that has not run a task yet: "unknown".
-    assert restored["loaded_model"] is True and restored["check"] in ("ok", "unknown")
+    assert restored["loaded_model"] is True and restored["check"] in ("verified", "unknown")
     assert restored["n_restored"] == saved["n_tokens"] and state(g, "demo-a") == "READY"
     second = chat(g, "demo-a", follow_up(first))
     assert second["timings"]["cache_n"] >= first["usage"]["prompt_tokens"] - 1, second["timings"]

@@ -254,3 +254,18 @@ def test_parse_nothing() -> None:
 )  # fmt: skip
 def test_is_host_buffer(name: str, host: bool) -> None:
     assert is_host_buffer(name) is host
+
+
+def test_kv_row_bytes_q8_kv() -> None:
+    # ik's q8_KV: one byte a value plus an 8-byte row header; any case spelling.
+    assert kv_row_bytes("q8_KV", 256) == 256 + 8
+    assert kv_row_bytes("Q8_kv", 100) == 128 + 8
+
+
+def test_ik_host_prompt_cache_counts_on_cpu_only(tiny: ModelInfo) -> None:
+    base = estimate(tiny, ctx=512, gpu=False, flavor="ik")
+    capped = estimate(tiny, ctx=512, gpu=False, flavor="ik", host_cache_bytes=1024 * 2**20)
+    assert capped.total_bytes - base.total_bytes == 1024 * 2**20 == capped.host_cache_bytes
+    on_gpu = estimate(tiny, ctx=512, gpu=True, flavor="ik", host_cache_bytes=1024 * 2**20)
+    assert on_gpu.host_cache_bytes == 0  # host RAM, not VRAM
+    assert capped.to_dict()["host_cache_mib"] == 1024.0

@@ -129,3 +129,27 @@ def test_chat_template_names_a_builtin_and_turns_jinja_off_on_upstream():
     assert flag(up, "--chat-template") == "gemma" and "--no-jinja" in up and "--jinja" not in up
     # ik's Jinja is off unless asked for, and ik rejects --no-jinja.
     assert flag(ik, "--chat-template") == "gemma" and "--jinja" not in ik and "--no-jinja" not in ik
+
+
+@pytest.mark.parametrize("flag_", ["-lv", "--verbosity"])
+def test_ik_rejects_log_verbosity(flag_):
+    err = check_extra_args("ik", "m", [flag_, "4"])
+    assert err is not None and flag_ in err and "ik_llama.cpp" in err
+    assert check_extra_args("upstream", "m", [flag_, "4"]) is None
+
+
+@pytest.mark.parametrize("kv", ["bf16", "q5_0", "q5_1"])
+def test_ik_cpu_refuses_kv_types_its_flash_attention_lacks(kv):
+    err = check_model(model(kv_type=kv), IK, on_cpu=True)
+    assert err is not None and kv in err and "abort on CPU" in err
+    assert check_model(model(kv_type=kv), IK, on_cpu=False) is None
+    assert check_model(model(kv_type=kv), UP, on_cpu=True) is None
+    assert check_model(model(kv_type="q8_KV"), IK, on_cpu=True) is None
+
+
+def test_ik_host_prompt_cache_is_capped():
+    from guardian_supervisor.models.argv import IK_CACHE_RAM_MIB
+
+    argv = build_argv(model(), IK, binary="ik", port=1)
+    assert flag(argv, "--cache-ram") == str(IK_CACHE_RAM_MIB) and IK_CACHE_RAM_MIB < 8192
+    assert "--cache-ram" not in build_argv(model(), UP, binary="up", port=1)

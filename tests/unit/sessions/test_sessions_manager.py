@@ -30,6 +30,9 @@ class FakeSlots:
         self.hide_restored = False  # the upstream bug: restore "works", the slot stays empty
         self.calls: list[tuple[str, int, str]] = []
         self.next_task = 1
+        self.lose_reply: set[str] = set()  # actions whose reply never comes (ik's server race)
+        self.release = asyncio.Event()  # lets the lost replies' handlers end at teardown
+        self.ik_shape = False  # ik_llama.cpp's /slots: no token count, no task id
 
     def fresh(self) -> None:
         """A new process: empty slots, counters at zero."""
@@ -46,7 +49,9 @@ class FakeSlots:
         out = []
         for i in range(self.n_slots):
             s: dict[str, Any] = {"id": i, "n_ctx": 1024, "is_processing": False}
-            if i in self.id_task or i in self.tokens:  # like build 11434: fields once a task ran
+            if self.ik_shape:
+                s["id_task"] = -1
+            elif i in self.id_task or i in self.tokens:  # like build 11434: fields once a task ran
                 s["id_task"] = self.id_task.get(i, -1)
                 s["n_prompt_tokens"] = 0 if self.hide_restored else len(self.tokens.get(i, []))
             out.append(s)
@@ -57,6 +62,8 @@ class FakeSlots:
         body = await request.json()
         name = body.get("filename", "")
         self.calls.append((act, slot, name))
+        if act in self.lose_reply:
+            await self.release.wait()
         if "/" in name:
             return _error("Invalid filename")
         if act == "save":
@@ -220,3 +227,69 @@ async def test_servers_for_guardians_own_work_are_left_out(env):
     await mgr.model_stopping(rt, "benchmark cell done")
     assert fake.calls == [], "neither restored into nor saved over by a benchmark server"
     assert json.loads((slot_dir / "_carry-slot0.json").read_text())["n_tokens"] == 80
+
+
+async def test_a_lost_slot_reply_is_waited_for_seconds_then_skipped(env, monkeypatch):
+    from guardian_supervisor.sessions import slots
+
+    fake, mgr, rt, slot_dir = env
+    monkeypatch.setattr(slots, "SLOT_IO_BASE_S", 0.3)
+    assert slots.slot_io_timeout(100 * 2**20).total == pytest.approx(0.3 + 2.0)
+    fake.run_task(0, cached=0)
+    fake.lose_reply = {"save"}
+    t0 = asyncio.get_running_loop().time()
+    await mgr.model_stopping(rt, "evicted for other")  # no exception: the stop goes on
+    assert asyncio.get_running_loop().time() - t0 < 5
+    assert not (slot_dir / "_carry-slot0.bin").exists()
+
+    fake.lose_reply = set()
+    await mgr.model_stopping(rt, "evicted for other")
+    assert (slot_dir / "_carry-slot0.bin").exists()
+    fake.fresh()
+    fake.lose_reply = {"restore"}
+    t0 = asyncio.get_running_loop().time()
+    await mgr.model_started(rt)
+    assert asyncio.get_running_loop().time() - t0 < 5
+    # Skipped, not judged damaged: the file stays for the next start.
+    assert mgr._restored.get("m", {}) == {} and (slot_dir / "_carry-slot0.bin").exists()
+    fake.release.set()
+
+
+def test_restore_check_says_verified_only_when_it_is():
+    from guardian_supervisor.sessions.check import restore_check
+
+    assert restore_check(80, 80, 80) == "verified"
+    assert restore_check(80, 80, None) == "unknown"  # ik lists no slot count: the reply alone
+    assert restore_check(80, 80, 0) == "mismatch"
+    assert restore_check(40, 80, None) == "mismatch"  # fewer tokens back than were saved
+
+
+async def test_named_save_right_after_an_ik_restore(env):
+    fake, mgr, _rt, slot_dir = env
+    fake.ik_shape = True
+    fake.run_task(0, cached=0)
+    mgr._restored["m"] = {}
+    # ik's /slots gives no count: what the slot holds is known only from the restore.
+    from guardian_supervisor.sessions.check import Restored
+
+    m = replace(
+        __import__("guardian_supervisor.sessions.store", fromlist=["Manifest"]).Manifest(
+            name="x",
+            kind="named",
+            model="m",
+            model_path="",
+            model_size=0,
+            model_mtime_ns=0,
+            ctx=1024,
+            kv_type="f16",
+            flavor="ik",
+            slot=0,
+            n_tokens=80,
+            bytes=1,
+            created=0.0,
+            used=0.0,
+        )
+    )
+    mgr._restored["m"][0] = Restored(m, 80, None, None)
+    out = await mgr.save("again", "m", None, conn_id=1)
+    assert out["n_tokens"] == 80 and (slot_dir / "again.bin").exists()

@@ -231,3 +231,29 @@ def test_symlinks_are_not_followed_by_the_size_cap(tmp_path):
         store.enforce_cap("m2", 0)
     assert "symbolic link" in e.value.message
     assert (tmp_path / "other" / "x.bin").exists()
+
+
+def test_ik_token_lists_move_go_and_count_with_their_slot_file(tmp_path):
+    store = SessionStore(tmp_path)
+    d = store.model_dir("m")
+    d.mkdir(parents=True)
+    # ik writes `<file>.tokens.json` beside the slot file it saves (and reads it back on restore).
+    store.path("m", "ik", ".partial").write_bytes(b"x" * 400)
+    (d / "ik.partial.tokens.json").write_text("[1, 2, 3]")
+    m = store.commit(manifest("ik", used=100))
+    assert (d / "ik.bin.tokens.json").read_text() == "[1, 2, 3]"
+    assert not (d / "ik.partial.tokens.json").exists() and m.bytes == 400
+    assert [e.name for e in store.entries("m")] == ["ik"]  # the token list is no manifest
+    # An upstream save over it leaves no stale token list beside the new slot file.
+    put(store, manifest("ik", used=100), 400)
+    assert not (d / "ik.bin.tokens.json").exists()
+    (d / "ik.bin.tokens.json").write_text("[1]" * 100)
+    (d / "orphan.bin.tokens.json").write_text("[1]" * 100)  # its slot file went in a crash
+    assert store.enforce_cap("m", 10_000) == []
+    assert store.enforce_cap("m", 700) == ["orphan"]  # counted (1000 in all), orphans first
+    assert store.enforce_cap("m", 400) == ["ik"]  # 400 + 300: the token list counts
+    assert list(d.iterdir()) == []
+    store.path("m", "p", ".partial").write_bytes(b"x")
+    (d / "p.partial.tokens.json").write_text("[]")
+    store.discard_partial("m", "p")
+    assert list(d.iterdir()) == []
