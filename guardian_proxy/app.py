@@ -13,6 +13,7 @@ from guardian_proxy.auth import make_auth_middleware
 from guardian_proxy.context import CTX_KEY, ProxyContext
 from guardian_proxy.errors_http import api_error
 from guardian_proxy.host_check import make_host_middleware
+from guardian_proxy.metrics import make_metrics_middleware, metrics_handler
 from guardian_proxy.middleware import make_error_middleware
 from guardian_proxy.request_limits import make_encoding_middleware
 from guardian_proxy.supervisor_link import SupervisorLink
@@ -30,6 +31,7 @@ async def root(request: web.Request) -> web.Response:
 def create_app(pc: ProxyContext) -> web.Application:
     max_body = int(pc.config.settings.proxy.max_body_mb * 2**20)
     middlewares = [
+        make_metrics_middleware(pc.metrics),  # outermost: sees every answer's final status
         ollama_http.make_cors_middleware(),  # first: preflights carry no key; refused origins stop here
         make_error_middleware(pc.config.settings.proxy.max_body_mb),
         make_encoding_middleware(),  # before the body is read (and inflated)
@@ -44,6 +46,7 @@ def create_app(pc: ProxyContext) -> web.Application:
     app.on_response_prepare.append(ollama_http.on_prepare)  # CORS header on every answer
     app[CTX_KEY] = pc
     app.router.add_get("/", root)  # GET also answers HEAD
+    app.router.add_get("/metrics", metrics_handler)  # Prometheus; behind the same keys
     openai_routes.add_routes(app, pc)
     sessions_routes.add_routes(app)  # /guardian/sessions: named KV-cache sessions
     ollama_http.add_routes(app, pc, OLLAMA_VERSION)

@@ -8,6 +8,7 @@ import aiohttp
 from aiohttp import web
 
 from guardian_proxy.catalog import Catalog
+from guardian_proxy.metrics import ProxyMetrics
 from guardian_proxy.supervisor_link import SupervisorLink
 from shared.config import Config
 from shared.keystore import KeyStore, keys_path
@@ -20,10 +21,12 @@ class ProxyContext:
     session: aiohttp.ClientSession = field(init=False)
     keys: KeyStore = field(init=False)
     catalog: Catalog = field(init=False)
+    metrics: ProxyMetrics = field(init=False)
 
     def __post_init__(self) -> None:
         self.keys = KeyStore(keys_path(self.config.data_dir))
         self.catalog = Catalog(self.link)
+        self.metrics = ProxyMetrics(self.link)
 
     def auth_required(self) -> bool:
         """settings auth.required; unset means required once any key has ever existed."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from guardian_proxy import metrics
 from guardian_proxy.supervisor_link import Lease, SupervisorLink
 
 JSON_HEADERS = {"Content-Type": "application/json"}
@@ -39,7 +41,11 @@ async def leased(
     link: SupervisorLink, model: str, *, ctx: int | None = None, keep_alive: Any = None
 ) -> AsyncIterator[Lease]:
     """Hold a lease on `model` for the duration of the block; always released."""
+    t0 = time.perf_counter()
     lease = await link.acquire(model, ctx=ctx, keep_alive=keep_alive)
+    if (stats := metrics.current()) is not None:
+        stats.model, stats.waited_s = lease.model, lease.waited_s
+        stats.acquire_s += time.perf_counter() - t0
     try:
         yield lease
     finally:
@@ -58,6 +64,7 @@ async def upstream(
     timeout = aiohttp.ClientTimeout(total=lease.timeout_s)
     headers = {**(STREAM_REQUEST_HEADERS if stream else JSON_HEADERS), **lease.auth}
     resp: aiohttp.ClientResponse | None = None
+    t0 = time.perf_counter()
     for attempt in (1, 2):
         try:
             resp = await session.post(lease.url + path, data=body, headers=headers, timeout=timeout)
@@ -76,6 +83,8 @@ async def upstream(
         yield resp
     finally:
         resp.release()
+        if (stats := metrics.current()) is not None:
+            stats.upstream_s += time.perf_counter() - t0
 
 
 async def write_quietly(resp: web.StreamResponse, data: bytes) -> None:
@@ -93,16 +102,26 @@ async def pipe(request: web.Request, up: aiohttp.ClientResponse, model: str) -> 
     """Answer with llama-server's response: streams chunk by chunk, JSON as one body."""
     ctype = up.headers.get("Content-Type", "application/json")
     if not ctype.startswith("text/event-stream"):
-        return web.Response(body=await up.read(), status=up.status, headers={"Content-Type": ctype})
+        body = await up.read()
+        if up.status == 200 and ctype.startswith("application/json"):
+            with contextlib.suppress(ValueError):
+                metrics.note_usage(json.loads(body))  # once per answer, not per token
+        return web.Response(body=body, status=up.status, headers={"Content-Type": ctype})
     resp = web.StreamResponse(status=up.status, headers=STREAM_HEADERS)
     await resp.prepare(request)
+    # The final event (timings/usage) is in the last reads: keep two, look at them once at the end.
+    prev = last = b""
     try:
         async for chunk in up.content.iter_any():
+            if not last:
+                metrics.note_first_byte()
             await resp.write(chunk)
+            prev, last = last, chunk
     except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as e:
         # llama-server died or stalled mid-stream: tell the client in-band, the status is sent.
         await write_quietly(
             resp, sse_error_event(f"llama-server for '{model}' broke off the stream: {type(e).__name__}")
         )
+    metrics.note_usage_in_sse_tail(prev[-4096:] + last)
     await resp.write_eof()
     return resp

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import socket
 from typing import Any
@@ -14,12 +15,15 @@ import structlog
 from guardian_supervisor.learning.wiring import Learning
 from guardian_supervisor.memory.gpus import GpuSource, make_source
 from guardian_supervisor.memory.planner import VramPlanner, own_pids_of
+from guardian_supervisor.metrics import SupervisorStats
+from guardian_supervisor.models.runtime import STATE_OBSERVERS, ModelRuntime, State
 from guardian_supervisor.models.scheduler import Scheduler
 from guardian_supervisor.rpc import bench as bench_methods
 from guardian_supervisor.rpc import catalog as catalog_methods
 from guardian_supervisor.rpc import config as config_methods
 from guardian_supervisor.rpc import keys as key_methods
 from guardian_supervisor.rpc import maintenance as maintenance_methods
+from guardian_supervisor.rpc import metrics as metrics_methods
 from guardian_supervisor.rpc import models as model_methods
 from guardian_supervisor.rpc import optimizer as optimizer_methods
 from guardian_supervisor.rpc import sessions as session_methods
@@ -58,7 +62,9 @@ class Supervisor:
         self.pid = os.getpid()
         self.planner = VramPlanner(lambda: self.config, source, lambda: own_pids_of(self.scheduler.runtimes))
         self.scheduler = Scheduler(config, self.planner)
-        self.sessions = SessionManager(self.scheduler)  # KV slots: carry-over across swaps, named sessions
+        self.pins: dict[str, bool] = {}  # set at run time (dashboard, RPC models.pin)
+        self.stats = SupervisorStats()  # figures for the proxy's /metrics
+        self.sessions = SessionManager(self.scheduler, self.stats)  # KV slots: carry-over, named sessions
         self.scheduler.hooks.append(self.sessions)
         self.scheduler.on_acquire.append(self.sessions.on_acquire)
         self.learning = Learning(self)  # benchmark suite, maintenance window, request optimizer
@@ -67,7 +73,7 @@ class Supervisor:
         model_methods.register(self.rpc, self)
         key_methods.register(self.rpc, self)
         catalog_methods.register(self.rpc, self)
-        for group in (bench_methods, maintenance_methods, optimizer_methods):
+        for group in (bench_methods, maintenance_methods, optimizer_methods, metrics_methods):
             group.register(self.rpc, self)
         session_methods.register(self.rpc, self)
         self.status_rpc: RpcServer | None = None
@@ -80,6 +86,24 @@ class Supervisor:
             )
             self.status_rpc.handlers = self.rpc.handlers
 
+    def set_pinned(self, name: str, pinned: bool) -> dict[str, Any]:
+        """Pin or unpin a model at run time; kept across config reloads (see with_pins)."""
+        self.pins[name] = pinned
+        self.config = with_pins(self.config, self.pins)
+        self.scheduler.config = self.config
+        rt = self.scheduler.runtimes[name]
+        rt.config = self.config.models[name]
+        if pinned:
+            rt.cancel_idle_timer()
+        else:
+            self.scheduler.lifecycle.arm_idle_timer(rt)
+        log.info("model_pinned" if pinned else "model_unpinned", model=name)
+        return rt.status()
+
+    def _observe_state(self, rt: ModelRuntime, old: State, new: State, reason: str, wall: float) -> None:
+        if self.scheduler.runtimes.get(rt.name) is rt:  # ours, not another supervisor's in this process
+            self.stats.on_state(rt, old, new, reason, wall)
+
     def _on_close(self, conn: Connection) -> None:
         self.scheduler.release_connection(conn.id)
 
@@ -88,6 +112,7 @@ class Supervisor:
 
     async def start(self) -> None:
         await asyncio.to_thread(self._prepare_dirs)
+        STATE_OBSERVERS.append(self._observe_state)
         await self.rpc.start()
         if self.status_rpc is not None:
             await self.status_rpc.start()
@@ -115,6 +140,7 @@ class Supervisor:
                 f"{e}; the running configuration was kept",
                 {"file": e.file, "line": e.line, "key": e.key},
             ) from e
+        config = with_pins(config, self.pins)  # a run-time pin is no config change
         if config.settings.gpus != self.config.settings.gpus:
             self.planner.source = await asyncio.to_thread(gpu_source, config)
         self.config = config
@@ -130,10 +156,21 @@ class Supervisor:
         await self.learning.stop()
         await self.scheduler.close()
         await self.sessions.close()
+        if self._observe_state in STATE_OBSERVERS:
+            STATE_OBSERVERS.remove(self._observe_state)
         log.info("supervisor_stopped")
 
     def kill_now(self) -> None:
         self.scheduler.kill_all_now()
+
+
+def with_pins(config: Config, pins: dict[str, bool]) -> Config:
+    """The config with run-time pins applied over models.yaml's `pinned`."""
+    models = {
+        n: dataclasses.replace(m, pinned=pins[n]) if n in pins and m.pinned != pins[n] else m
+        for n, m in config.models.items()
+    }
+    return dataclasses.replace(config, models=models)
 
 
 def make_supervisor(config: Config) -> Supervisor:

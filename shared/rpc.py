@@ -22,7 +22,7 @@ LINE_LIMIT = 16 * 2**20  # status replies carry argv and log tails; keep well ab
 
 # What the read-only status socket answers (guardianctl status/list/logs for a non-admin group).
 READ_ONLY_METHODS = frozenset(
-    {"models.status", "models.list", "models.logs", "models.estimate", "sessions.list"}
+    {"models.status", "models.list", "models.logs", "models.estimate", "sessions.list", "metrics.snapshot"}
 )
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from guardian_proxy import metrics
 from guardian_proxy.catalog import Entry
 from guardian_proxy.context import ProxyContext
 from guardian_proxy.ollama import OllamaError, error_line, json_bytes, ndjson_line, upstream_error
@@ -40,6 +41,7 @@ async def read_json(up: aiohttp.ClientResponse) -> dict[str, Any]:
         raise OllamaError(502, f"llama-server sent an answer that is not JSON: {e}") from None
     if not isinstance(data, dict):
         raise OllamaError(502, "llama-server sent an answer that is not a JSON object")
+    metrics.note_usage(data)
     return data
 
 
@@ -98,11 +100,20 @@ async def relay_ndjson(
     resp = web.StreamResponse(headers=NDJSON_HEADERS)
     await resp.prepare(request)
     write = resp.write
+    last: list[dict[str, Any]] = []
     try:
         async for events in sse_batches(up):
             lines = [ndjson_line(obj) for event in events for obj in feed(event)]
             if lines:
+                if not last:
+                    metrics.note_first_byte()
                 await write(lines[0] if len(lines) == 1 else b"".join(lines))
+            if events:
+                last = events
+        for event in reversed(last):  # the final event carries timings/usage
+            if "timings" in event or "usage" in event:
+                metrics.note_usage(event)
+                break
         await write(b"".join(map(ndjson_line, await finish())))
     except OllamaError as e:
         await write_quietly(resp, error_line(e.message))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +40,11 @@ ALLOWED: dict[State, set[State]] = {
     State.STOPPING: {State.STOPPED, State.FAILED},
     State.FAILED: {State.STARTING, State.STOPPING, State.STOPPED},
 }
+
+
+# Who hears of every state change (the supervisor's metrics): (runtime, old, new, reason, wall time).
+StateObserver = Callable[["ModelRuntime", State, State, str, float], None]
+STATE_OBSERVERS: list[StateObserver] = []
 
 
 @dataclass
@@ -96,6 +102,8 @@ class ModelRuntime:
             after_s=round(now - self.since, 3),
         )
         self.state, self.since, self.reason = new, now, reason
+        for observe in STATE_OBSERVERS:
+            observe(self, old, new, reason, time.time())
 
     def cancel_idle_timer(self) -> None:
         if self.idle_timer is not None:

@@ -136,7 +136,14 @@ def register(server: RpcServer, sup: Supervisor) -> None:
         n = params_int(params, "lines", 50)
         return rt.child.tail(n) if rt.child else rt.last_error_tail[-n:]
 
+    async def pin(params: dict[str, Any], conn: Connection) -> dict[str, Any]:
+        """Pin {model} (never evicted, no idle unload) or unpin it with {pinned: false}, until
+        the supervisor restarts; models.yaml's `pinned: true` makes it permanent."""
+        name = sched.resolve(params_str(params, "model")).name
+        return sup.set_pinned(name, params.get("pinned", True) is not False)
+
     for method, fn in {
+        "models.pin": pin,
         "models.acquire": acquire,
         "models.release": release,
         "models.list": list_models,

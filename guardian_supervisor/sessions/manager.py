@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import structlog
 
+from guardian_supervisor.metrics import SupervisorStats
 from guardian_supervisor.models.launcher import llama_session
 from guardian_supervisor.models.runtime import ModelRuntime, State
 from guardian_supervisor.sessions.check import (
@@ -59,8 +60,9 @@ log = structlog.get_logger("sessions")
 class SessionManager:
     """Owns `<data_dir>/slots/`: carry-over on model start/stop, named sessions on request."""
 
-    def __init__(self, scheduler: Scheduler) -> None:
+    def __init__(self, scheduler: Scheduler, stats: SupervisorStats | None = None) -> None:
         self.scheduler = scheduler
+        self.stats = stats or SupervisorStats()
         self._http: aiohttp.ClientSession | None = None
         self._locks: dict[str, asyncio.Lock] = {}
         self._restored: dict[str, dict[int, Restored]] = {}  # model → slot → what went in
@@ -319,6 +321,7 @@ class SessionManager:
     ) -> dict[str, Any]:
         restored, out = await restore_checked(client, rt.name, m, slot)
         self._restored.setdefault(rt.name, {})[slot] = restored
+        self.stats.note_restore(rt.name, int(out.get("n_restored") or 0))
         await asyncio.to_thread(self.store.touch, m)
         log.info("session_restored", model=rt.name, session=m.name, **out)
         return out
@@ -361,7 +364,9 @@ class SessionManager:
             used=now,
             owner=owner,
         )
-        return await asyncio.to_thread(self.store.commit, m)
+        committed = await asyncio.to_thread(self.store.commit, m)
+        self.stats.note_save(rt.name, kind)
+        return committed
 
     async def _enforce_cap(self, model: str) -> list[str]:
         cap = self.scheduler.config.settings.sessions.max_mb_per_model * 2**20
