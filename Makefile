@@ -17,7 +17,7 @@ STAMP  := $(VENV)/.guardian-installed
 IK_BIN := $(VENV)/bin/llama-server-ik
 GEMMA  := data/models/gemma-3-270m-q4_k_m.gguf
 
-.PHONY: install models run test lint typecheck unit bench clean
+.PHONY: install models run test lint typecheck unit bench clean browser
 
 $(WHEEL_STAMP):
 	mkdir -p $(WHEEL_DIR)
@@ -56,7 +56,12 @@ lint: install
 typecheck: install
 	$(VENV)/bin/mypy guardian_proxy guardian_supervisor shared bench
 
-test: models lint typecheck
+# Debian's chromium for the dashboard's browser tests (they skip, saying why, if this fails).
+browser:
+	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium) \
+		|| echo "chromium could not be installed: the dashboard browser tests will be skipped"
+
+test: models lint typecheck browser
 	$(VENV)/bin/pytest -q -p no:cacheprovider
 
 unit: install
