@@ -3,7 +3,7 @@
 GET /            the page, server-rendered (aiohttp-jinja2) with the state at that moment
 GET /events      text/event-stream: one `state` event per second (models, memory, queue,
                  recent requests, log tails, benchmark progress, records, optimizer choices)
-GET /status.json the same state once
+GET /state.json  the same state once; /status.json: models.status as it is
 POST /api/models/{model}/{load|unload|pin|unpin}   admin actions: need a key allowed to use the model
 
 Viewing needs no key (the port is local by default); acting does, whether or not the API
@@ -72,6 +72,13 @@ async def index(request: web.Request) -> dict[str, object]:
 
 
 async def status_json(request: web.Request) -> web.Response:
+    try:
+        return web.json_response(await ctx_of(request).link.call("models.status"))
+    except GuardianError as e:
+        return web.json_response({"error": e.message}, status=e.code.http_status)
+
+
+async def state_json(request: web.Request) -> web.Response:
     try:
         return web.json_response(await gather_state(ctx_of(request)))
     except GuardianError as e:
@@ -178,6 +185,7 @@ def create_app(pc: ProxyContext) -> web.Application:
     env.filters["mib"] = lambda v: f"{v:,.0f} MiB" if isinstance(v, int | float) else "-"
     app.router.add_get("/", index)
     app.router.add_get("/status.json", status_json)
+    app.router.add_get("/state.json", state_json)
     app.router.add_get("/events", events)
     app.router.add_post("/api/models/{model}/{action}", action)
     app.router.add_static("/static", STATIC)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+import threading
+import time
 from typing import Any
 
 import click
@@ -33,6 +36,57 @@ def _print_status(st: dict[str, Any]) -> None:
             )
 
 
+def load_fraction(elapsed_s: float, expected_s: float) -> float:
+    """How full the load bar is: time against the expected load time, never full before ready."""
+    return min(0.95, elapsed_s / max(expected_s, 0.1))
+
+
+def expected_load_s(model: dict[str, Any] | None) -> float:
+    """The last load time if there was one, else a guess of 2 s (the bar then fills on time)."""
+    if model and model.get("load_s"):
+        return float(model["load_s"])
+    return 2.0
+
+
+def load_with_progress(ctl: Ctl, model: str, as_json: bool) -> dict[str, Any]:
+    """models.load in a thread; meanwhile a bar (stderr with --json) fed by models.status."""
+    done: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            done["result"] = ctl.call("models.load", {"model": model})
+        except SystemExit as e:  # Ctl.call printed the error already
+            done["exit"] = e.code
+
+    t = threading.Thread(target=work, daemon=True)
+    t0 = time.monotonic()
+    t.start()
+    with click.progressbar(
+        length=100, label=f"loading {model}", file=sys.stderr if as_json else None, item_show_func=lambda x: x
+    ) as bar:
+        shown = 0
+        expected: float | None = None
+        while t.is_alive():
+            t.join(0.25)
+            try:
+                st = ctl.call("models.status")
+            except SystemExit:
+                continue
+            m = next((x for x in st["models"] if x["name"] == model), None)
+            if expected is None:
+                expected = expected_load_s(m)
+            pct = int(100 * load_fraction(time.monotonic() - t0, expected))
+            tail = (m or {}).get("log_tail") or []
+            label = f"{(m or {}).get('state', '')} {tail[-1][:50] if tail else ''}".strip()
+            bar.update(max(pct - shown, 0), label)
+            shown = max(shown, pct)
+        if "result" in done:
+            bar.update(100 - shown, "ready")
+    if "exit" in done:
+        sys.exit(done["exit"])
+    return dict(done["result"])
+
+
 def register(main: click.Group) -> None:
     @main.command()
     @ctl_command
@@ -58,8 +112,8 @@ def register(main: click.Group) -> None:
     @click.argument("model")
     @ctl_command
     def load(ctl: Ctl, model: str, as_json: bool) -> None:
-        """Load MODEL now (waits until it is ready)."""
-        st = ctl.call("models.load", {"model": model})
+        """Load MODEL now (waits until it is ready, with a progress bar)."""
+        st = load_with_progress(ctl, model, as_json)
         emit(as_json, st, f"{st['name']} is {st['state']} on port {st['port']} (pid {st['pid']})")
 
     @main.command()

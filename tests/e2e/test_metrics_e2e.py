@@ -3,6 +3,7 @@ prometheus_client's own text parser; auth with a metrics-scoped key."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import httpx
@@ -103,3 +104,38 @@ def test_metrics_need_a_key_with_metrics_scope(guardian_factory):
         json={"model": "demo-a", "messages": [{"role": "user", "content": "x"}]},
     )
     assert r.status_code == 404
+
+
+def test_guardianctl_load_shows_progress(guardian_factory):
+    g = guardian_factory()
+    r = g.ctl("load", "demo-a", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["state"] == "READY"
+    assert "loading demo-a" in r.stderr  # the bar goes to stderr with --json
+    r = g.ctl("load", "no-such-model")
+    assert r.returncode != 0 and "not found" in r.stderr
+
+
+def test_load_bar_never_fills_before_ready():
+    from guardian_supervisor.ctl.models import expected_load_s, load_fraction
+
+    assert load_fraction(0.5, 1.0) == 0.5
+    assert load_fraction(10.0, 1.0) == 0.95
+    assert expected_load_s({"load_s": 3.0}) == 3.0 and expected_load_s(None) == 2.0
+
+
+def test_grafana_example_uses_only_exported_families(guardian_factory):
+    import re
+    from pathlib import Path
+
+    g = guardian_factory()
+    text = httpx.get(g.url + "/metrics", timeout=10).text
+    exported = {re.sub(r"_total$", "", n) for n in re.findall(r"^# TYPE (guardian_\w+) ", text, re.M)}
+    dash = json.loads((Path(__file__).parents[2] / "etc" / "grafana-dashboard.json").read_text())
+    used = {
+        re.sub(r"_(bucket|total|sum|count)$", "", name)
+        for p in dash["panels"]
+        for t in p["targets"]
+        for name in re.findall(r"guardian_\w+", t["expr"])
+    }
+    assert used and used <= exported, used - exported
