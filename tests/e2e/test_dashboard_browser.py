@@ -114,3 +114,28 @@ def test_dashboard_live_and_actions(guardian_factory, browser, tmp_path: Path):
     phone.goto(ui + "/")
     phone.wait_for_selector('article.model[data-model="demo-b"][data-state="READY"]', timeout=10_000)
     assert phone.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
+
+
+def test_dashboard_follows_a_benchmark_run(guardian_factory, browser):
+    bench = {
+        "contexts": [256, 512],
+        "batch_sizes": [64, 128],
+        "ubatch_sizes": [64],
+        "prompt_tokens": 32,
+        "gen_tokens": 8,
+        "repetitions": 1,
+        "idle_minutes": 0.01,
+    }
+    g = guardian_factory(settings={"benchmark": bench, "maintenance": {"enabled": False}})
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(f"http://127.0.0.1:{g.settings['proxy']['ui_port']}/")
+    page.wait_for_selector("#live.on", timeout=10_000)
+    assert "no benchmark run yet" in page.inner_text("#bench")
+    g.rpc("bench.run", {"models": ["demo-a"]})
+    page.wait_for_selector("#bench-run progress", timeout=20_000)  # shown while it runs
+    page.wait_for_function(
+        "document.querySelector('#bench-run') && /finished, (\\d+)\\/\\1 cells/.test(document.querySelector('#bench-run').textContent)",
+        timeout=90_000,
+    )
+    assert page.locator("#bench svg rect").count() == 1  # demo-a's best generation speed
+    assert "t/s" in (page.locator("#bench svg").text_content() or "")
