@@ -61,6 +61,9 @@ def _presented_key(request: web.Request) -> str | None:
     return api_key or None
 
 
+presented_key = _presented_key  # the dashboard's admin actions read keys the same way
+
+
 async def _flush_quietly(store: KeyStore) -> bool:
     """Last-use bookkeeping must never fail a request; log and let the next flush retry."""
     try:

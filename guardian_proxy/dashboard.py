@@ -23,7 +23,7 @@ import jinja2
 import structlog
 from aiohttp import web
 
-from guardian_proxy.auth import _presented_key
+from guardian_proxy.auth import presented_key
 from guardian_proxy.context import CTX_KEY, ProxyContext, ctx_of
 from guardian_proxy.host_check import make_host_middleware
 from shared.errors import GuardianError
@@ -123,7 +123,7 @@ async def action(request: web.Request) -> web.Response:
     model, what = request.match_info["model"], request.match_info["action"]
     if what not in ACTIONS:
         return _refuse(404, f"no action {what!r}: use one of {', '.join(ACTIONS)}")
-    secret = _presented_key(request)
+    secret = presented_key(request)
     if secret is None:
         return _refuse(401, "admin actions need an API key: enter one (guardianctl keys create NAME)")
     await pc.keys.maybe_refresh()

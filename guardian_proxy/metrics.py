@@ -94,6 +94,25 @@ def note_usage_in_sse_tail(tail: bytes) -> None:
             return
 
 
+_DECODER = json.JSONDecoder()
+
+
+def note_usage_in_json_tail(body: bytes) -> None:
+    """Token counts from a whole JSON answer without parsing all of it (an embeddings answer
+    can be megabytes): llama-server puts `timings`/`usage` last, so decode just that object."""
+    for key in (b'"timings":', b'"usage":'):
+        at = body.rfind(key)
+        if at < 0:
+            continue
+        try:
+            text = body[at + len(key) :].decode("utf-8", "replace").lstrip()
+            obj, _ = _DECODER.raw_decode(text)
+        except ValueError:
+            continue
+        note_usage({key.strip(b'":').decode(): obj})
+        return
+
+
 def _int(x: Any) -> int:
     return int(x) if isinstance(x, int | float) and not isinstance(x, bool) else 0
 

@@ -103,9 +103,8 @@ async def pipe(request: web.Request, up: aiohttp.ClientResponse, model: str) -> 
     ctype = up.headers.get("Content-Type", "application/json")
     if not ctype.startswith("text/event-stream"):
         body = await up.read()
-        if up.status == 200 and ctype.startswith("application/json"):
-            with contextlib.suppress(ValueError):
-                metrics.note_usage(json.loads(body))  # once per answer, not per token
+        if up.status == 200:
+            metrics.note_usage_in_json_tail(body)  # once per answer, only its last object
         return web.Response(body=body, status=up.status, headers={"Content-Type": ctype})
     resp = web.StreamResponse(status=up.status, headers=STREAM_HEADERS)
     await resp.prepare(request)

@@ -123,3 +123,27 @@ def test_collector_turns_a_snapshot_into_families():
     assert samples[("guardian_gpu_memory_model_bytes", (("gpu", "0"), ("model", "m")))] == 50 * 2**20
     assert samples[("guardian_benchmark_progress_ratio", ())] == 0.25
     assert samples[("guardian_supervisor_up", ())] == 1
+
+
+def test_usage_from_the_tail_of_a_whole_json_answer():
+    s = pm.RequestStats(t0=0.0)
+    token = pm.CURRENT.set(s)
+    try:
+        body = json.dumps(
+            {
+                "choices": [{"message": {"content": "hi"}}],
+                "usage": {"prompt_tokens": 5, "completion_tokens": 2},
+                "timings": {"prompt_n": 5, "predicted_n": 2, "predicted_ms": 4.0},
+            }
+        ).encode()
+        pm.note_usage_in_json_tail(body)
+        assert (s.prompt_tokens, s.generated_tokens) == (5, 2)
+        e = pm.RequestStats(t0=0.0)
+        pm.CURRENT.set(e)
+        pm.note_usage_in_json_tail(
+            b'{"data":[{"embedding":[0.1,0.2]}],"usage":{"prompt_tokens":3,"total_tokens":3}}'
+        )
+        assert e.prompt_tokens == 3
+        pm.note_usage_in_json_tail(b'{"broken": "usage":')  # no crash on junk
+    finally:
+        pm.CURRENT.reset(token)
