@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -21,7 +22,7 @@ from prometheus_client import generate_latest
 from guardian_proxy import metrics as pm
 
 
-def per_call_us(fn, n: int) -> float:
+def per_call_us(fn: Callable[[], None], n: int) -> float:
     t0 = time.perf_counter()
     for _ in range(n):
         fn()

@@ -157,6 +157,20 @@ def summarize(s: RequestStats, route: str, status: int, t_end: float) -> Finishe
     )
 
 
+@dataclass(frozen=True)
+class _Bound:
+    """One (model, route, status)'s children of every family, bound once."""
+
+    requests: Any
+    duration: Any
+    queue_wait: Any
+    prompt_tokens: Any
+    generated_tokens: Any
+    cache_tokens: Any
+    ttft: Any
+    added: Any
+
+
 class ProxyMetrics:
     """The proxy's own families plus the supervisor collector, in a registry of its own."""
 
@@ -210,26 +224,52 @@ class ProxyMetrics:
             registry=r,
         )
         self.recent: deque[Finished] = deque(maxlen=50)  # for the dashboard
+        self._children: dict[tuple[str, str, int], _Bound] = {}
         self.collector = SupervisorCollector()
         r.register(self.collector)
         self.link = link
 
+    def _bound(self, model: str, route: str, status: int) -> _Bound:
+        # labels() costs a few µs each; the (model, route, status) set is small, so bind once.
+        key = (model, route, status)
+        b = self._children.get(key)
+        if b is None:
+            per_model = (
+                (
+                    self.queue_wait.labels(model),
+                    self.prompt_tokens.labels(model),
+                    self.generated_tokens.labels(model),
+                    self.cache_tokens.labels(model),
+                    self.ttft.labels(model),
+                    self.added.labels(route),
+                )
+                if model  # no empty-model series for requests that named none
+                else (None,) * 6
+            )
+            b = self._children[key] = _Bound(
+                self.requests.labels(model, route, str(status)),
+                self.duration.labels(model, route),
+                *per_model,
+            )
+        return b
+
     def observe(self, s: RequestStats, route: str, status: int) -> Finished:
         f = summarize(s, route, status, time.perf_counter())
-        self.requests.labels(s.model, route, str(status)).inc()
-        self.duration.labels(s.model, route).observe(f.duration_s)
+        b = self._bound(s.model, route, status)
+        b.requests.inc()
+        b.duration.observe(f.duration_s)
         if s.model:
             if s.waited_s is not None:
-                self.queue_wait.labels(s.model).observe(s.waited_s)
+                b.queue_wait.observe(s.waited_s)
             if s.prompt_tokens:
-                self.prompt_tokens.labels(s.model).inc(s.prompt_tokens)
+                b.prompt_tokens.inc(s.prompt_tokens)
             if s.generated_tokens:
-                self.generated_tokens.labels(s.model).inc(s.generated_tokens)
+                b.generated_tokens.inc(s.generated_tokens)
             if s.cached_tokens:
-                self.cache_tokens.labels(s.model).inc(s.cached_tokens)
+                b.cache_tokens.inc(s.cached_tokens)
             if f.ttft_s is not None:
-                self.ttft.labels(s.model).observe(f.ttft_s)
-            self.added.labels(route).observe(max(f.duration_s - s.acquire_s - s.upstream_s, 0.0))
+                b.ttft.observe(f.ttft_s)
+            b.added.observe(max(f.duration_s - s.acquire_s - s.upstream_s, 0.0))
             self.recent.append(f)
         return f
 
