@@ -226,6 +226,7 @@ class ModelConfig:
     extra_args: str = ""
     embeddings: bool = False
     pooling: Literal["none", "mean", "cls", "last", "rank"] | None = None  # --pooling for embeddings
+    reranking: bool = False  # serve /v1/rerank (upstream llama-server's --rerank; ik has no reranker)
     parallel: int = 1
     threads: int | None = None
     batch_size: int | None = None
