@@ -83,9 +83,13 @@ def _function_tool(tool: dict[str, Any], name: str, where: str) -> dict[str, Any
     params = tool.get("parameters")
     if params is not None and not isinstance(params, dict):
         raise ResponsesError(f"'{where}.parameters' must be a JSON schema object", where)
-    fn: dict[str, Any] = {"name": name, "parameters": params or {"type": "object", "properties": {}}}
-    if isinstance(tool.get("description"), str):
-        fn["description"] = tool["description"]
+    desc = tool.get("description")
+    # llama-server requires 'description' ("key 'description' not found"); Codex may omit it.
+    fn: dict[str, Any] = {
+        "name": name,
+        "description": desc if isinstance(desc, str) else "",
+        "parameters": params or {"type": "object", "properties": {}},
+    }
     return {"type": "function", "function": fn}
 
 
