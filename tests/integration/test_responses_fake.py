@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import httpx
 import openai
 import pytest
 
@@ -32,7 +33,10 @@ def fake(tmp_path_factory, model_dir, llama_bin):
     root = tmp_path_factory.mktemp("responses-fake")
     cfg, record = root / "fake.json", root / "record.jsonl"
     write_fake_config(cfg)
-    models = {"fa": {"path": str(model_dir / "demo-a.gguf"), "backend": "fake", "context": 512}}
+    models = {
+        "fa": {"path": str(model_dir / "demo-a.gguf"), "backend": "fake", "context": 512},
+        "ik-ranker": {"path": str(model_dir / "demo-a.gguf"), "backend": "fake_ik", "reranking": True},
+    }
     g = Guardian(root / "g", models, env={"FAKE_LLAMA_CONFIG": str(cfg), "FAKE_LLAMA_RECORD": str(record)})
     g.start()
     g.fake_config, g.record = cfg, record
@@ -107,3 +111,10 @@ def test_crash_mid_stream_is_response_failed(fake):
     assert "broke off" in events[-2].message or "before it finished" in events[-2].message
     assert "response.output_text.delta" in types and "response.completed" not in types
     write_fake_config(fake.fake_config)
+
+
+def test_rerank_on_ik_is_a_400_that_says_why(fake):
+    r = httpx.post(fake.url + "/v1/rerank", json={"model": "ik-ranker", "query": "q", "documents": ["a"]})
+    assert r.status_code == 400
+    assert "ik_llama.cpp" in r.json()["error"]["message"]
+    assert fake.model("ik-ranker")["state"] != "ready"  # refused before anything was loaded
