@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import httpx
 import openai
@@ -118,3 +119,23 @@ def test_rerank_on_ik_is_a_400_that_says_why(fake):
     assert r.status_code == 400
     assert "ik_llama.cpp" in r.json()["error"]["message"]
     assert fake.model("ik-ranker")["state"] != "ready"  # refused before anything was loaded
+
+
+def test_keys_and_scopes_cover_the_new_routes(guardian_factory, model_dir):
+    fake_model = {"path": str(model_dir / "demo-a.gguf"), "backend": "fake", "context": 512}
+    g = guardian_factory({"fa": fake_model, "fb": dict(fake_model)})
+    key = g.ctl("keys", "create", "bob", "--models", "fb").stdout.strip()
+    auth = {"Authorization": f"Bearer {key}"}
+    tok = {"content": "hi"}
+    deadline = time.monotonic() + 2
+    while httpx.post(g.url + "/tokenize", json={**tok, "model": "fb"}).status_code != 401:
+        assert time.monotonic() < deadline, "auth did not turn on"
+        time.sleep(0.05)
+    assert httpx.post(g.url + "/v1/responses", json={"model": "fb", "input": "x"}).status_code == 401
+    r = httpx.post(g.url + "/tokenize", json={**tok, "model": "fb"}, headers=auth, timeout=60)
+    assert r.status_code == 200 and r.json()["tokens"]
+    assert httpx.post(g.url + "/tokenize", json={**tok, "model": "fa"}, headers=auth).status_code == 404
+    r = httpx.post(g.url + "/v1/responses", json={"model": "fa", "input": "x"}, headers=auth)
+    assert r.status_code == 404 and "not found" in r.json()["error"]["message"]
+    r = httpx.post(g.url + "/v1/responses", json={"model": "fb", "input": "x"}, headers=auth, timeout=60)
+    assert r.status_code == 200 and r.json()["output"][0]["type"] == "message"
