@@ -62,8 +62,14 @@ class FitRow:
         return self.device.lower() == "host" or self.device.startswith("CPU")
 
 
-def parse_fit_print(text: str) -> tuple[FitRow, ...]:
-    """The device rows of `llama-fit-params --fit-print on` stdout (log noise is skipped).
+# The -v log's breakdown table; only its host-side extra rows (CPU_REPACK, ...) are used:
+# "common_memory_breakdown_print: |   - CPU_REPACK         |    12 =    12 +      0 +      0     |"
+_TABLE_ROW_RE = re.compile(r"\|\s*-\s*(CPU\S*)\s*\|\s*\d+\s*=\s*(\d+)\s*\+\s*(\d+)\s*\+\s*(\d+)\s*\|")
+
+
+def parse_fit_print(text: str, log: str = "") -> tuple[FitRow, ...]:
+    """The device rows of `llama-fit-params --fit-print on` stdout (log noise is skipped),
+    plus the host extra buffers (CPU_REPACK) that only the `-v` log's breakdown table shows.
 
     Raises FitParamsError when there is no row: a silent tool is not zero memory."""
     rows = []
@@ -73,7 +79,13 @@ def parse_fit_print(text: str) -> tuple[FitRow, ...]:
             rows.append(FitRow(name, model * MiB, ctx * MiB, comp * MiB))
     if not rows:
         raise FitParamsError(f"llama-fit-params printed no memory rows (output: {text.strip()[-300:]!r})")
-    return tuple(rows)
+    extra: dict[str, FitRow] = {}
+    for line in log.splitlines():
+        if "memory breakdown" in line:
+            extra = {}  # the last table wins
+        elif (m := _TABLE_ROW_RE.search(line)) and m[1] not in {r.device for r in rows}:
+            extra[m[1]] = FitRow(m[1], int(m[2]) * MiB, int(m[3]) * MiB, int(m[4]) * MiB)
+    return (*rows, *extra.values())
 
 
 @dataclass(frozen=True)
@@ -104,7 +116,8 @@ def fit_argv(binary: str, model: Path, k: LaunchKnobs) -> list[str]:
     argv += ["-b", str(k.n_batch), "-ub", str(k.n_ubatch), "-ngl", str(k.ngl)]
     if k.n_cpu_moe:
         argv += ["--n-cpu-moe", str(k.n_cpu_moe)]
-    return [*argv, "-fit", "off", "--fit-print", "on"]
+    # -v: the log's breakdown table has the CPU_REPACK row that stdout leaves out.
+    return [*argv, "-fit", "off", "--fit-print", "on", "-v"]
 
 
 @dataclass(frozen=True)
@@ -117,7 +130,13 @@ class Projection:
 
     @property
     def model_bytes(self) -> int:
-        return sum(r.model_bytes for r in self.rows)
+        # Repacked weights are copies: the mmapped file still holds the originals, and
+        # llama-server reports both (CPU_Mapped is the whole file, CPU_REPACK beside it).
+        return sum(r.model_bytes for r in self.rows) + self.repack_bytes
+
+    @property
+    def repack_bytes(self) -> int:
+        return sum(r.model_bytes for r in self.rows if r.device.startswith("CPU_REPACK"))
 
     @property
     def kv_bytes(self) -> int:
@@ -207,8 +226,8 @@ class FitParams:
                 return dict(store[key])
             argv = fit_argv(self.binary, model, knobs)
             started = time.monotonic()
-            text = await self._run(argv)
-            rows = parse_fit_print(text)
+            text, log_text = await self._run(argv)
+            rows = parse_fit_print(text, log_text)
             rec = {
                 "rows": [[r.device, r.model_bytes, r.context_bytes, r.compute_bytes] for r in rows],
                 "at": time.time(),
@@ -219,7 +238,7 @@ class FitParams:
             log.info("fitparams", model=str(model), knobs=knobs.key(), seconds=rec["seconds"])
             return dict(rec)
 
-    async def _run(self, argv: Sequence[str]) -> str:
+    async def _run(self, argv: Sequence[str]) -> tuple[str, str]:
         proc = await asyncio.create_subprocess_exec(
             *argv,
             stdin=asyncio.subprocess.DEVNULL,
@@ -235,7 +254,7 @@ class FitParams:
         if proc.returncode != 0:
             tail = err.decode(errors="replace").strip().splitlines()[-3:]
             raise FitParamsError(f"llama-fit-params exited {proc.returncode}: {' | '.join(tail)}")
-        return out.decode(errors="replace")
+        return out.decode(errors="replace"), err.decode(errors="replace")
 
 
 def projection_of(

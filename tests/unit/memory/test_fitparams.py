@@ -53,6 +53,23 @@ def test_parses_device_and_host_rows_and_skips_noise() -> None:
     assert host.device == "Host" and host.is_host and host.context_bytes == 0
 
 
+# The same run's -v log (stderr): the breakdown table holds the CPU_REPACK row stdout omits.
+GEMMA_LOG = (
+    "0.01.524.838 I common_memory_breakdown_print: | memory breakdown [MiB] | total   free    self   model   context   compute    unaccounted |\n"
+    "0.01.524.840 I common_memory_breakdown_print: |   - Host               |                  788 =   222 +      39 +     527                |\n"
+    "0.01.524.840 I common_memory_breakdown_print: |   - CPU_REPACK         |                   12 =    12 +       0 +       0                |\n"
+)
+
+
+def test_repack_rows_come_from_the_log_and_count_twice() -> None:
+    rows = parse_fit_print(GEMMA_CPU, GEMMA_LOG)
+    assert [r.device for r in rows] == ["Host", "CPU_REPACK"]
+    rec = {"rows": [[r.device, r.model_bytes, r.context_bytes, r.compute_bytes] for r in rows]}
+    p = projection_of(rec, n_vocab=262144, knobs=LaunchKnobs(ctx=8192), cells=8192, floor_compute=0)
+    # mmapped file (222 + 12) plus the repacked copy (12), as llama-server reports it
+    assert p.repack_bytes == 12 * MiB and p.model_bytes == (222 + 12 + 12) * MiB
+
+
 @pytest.mark.parametrize(
     "text", ["", "0.00.070.681 I llama_fit_params: printing estimated memory in MiB\n", "CUDA0 6637 544\n"]
 )
@@ -109,7 +126,7 @@ def test_argv_mirrors_the_memory_flags_and_projects_them_as_given() -> None:
     argv = fit_argv("/bin/llama-fit-params", Path("/m.gguf"), k)
     s = " ".join(argv)
     assert "-c 16384 -np 2 -ctk q8_0 -ctv q8_0 -fa on -b 1024 -ub 256 -ngl 20 --n-cpu-moe 4" in s
-    assert argv[-4:] == ["-fit", "off", "--fit-print", "on"]
+    assert argv[-5:] == ["-fit", "off", "--fit-print", "on", "-v"]
     assert "--n-cpu-moe" not in fit_argv("x", Path("/m.gguf"), LaunchKnobs(ctx=1))
     # Every knob is in the cache key: a change of any of them is a new projection.
     assert (
