@@ -63,3 +63,26 @@ def test_fit_params_projection_matches_llama_server_on_gemma(tmp_path: Path, ctx
     assert len(stored) == 1 and next(iter(stored)).endswith(knobs.key())
     again = FitParams(tmp_path / "fitparams.json", "/nonexistent/llama-fit-params")
     assert asyncio.run(again.project(GEMMA, knobs))["rows"] == rec["rows"]
+
+
+def test_guardianctl_estimate_names_its_source(guardian_factory, model_dir: Path) -> None:
+    """CPU mode, upstream backend: fit-params before the first load, measured after it."""
+    import httpx
+
+    models = {"demo-b": {"path": str(model_dir / "demo-b.gguf"), "context": 1024}}
+    g = guardian_factory(models, {"gpus": {"mode": "none"}})
+    e = json.loads(g.ctl("estimate", "demo-b", "--json").stdout)
+    assert e["source"] == "fit-params" and e["measured"] is None, e
+    f = e["fit_params"]
+    assert f["kv_bytes"] == pytest.approx(e["estimate"]["kv_mib"], abs=1) and f["rows"][0][0] == "Host"
+    human = g.ctl("estimate", "demo-b").stdout
+    assert "fit-params MiB" in human and "source: fit-params" in human
+    r = httpx.post(
+        g.url + "/v1/chat/completions",
+        json={"model": "demo-b", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
+        timeout=60,
+    )
+    assert r.status_code == 200
+    e = json.loads(g.ctl("estimate", "demo-b", "--json").stdout)
+    assert e["source"] == "measured" and e["measured"] and e["fit_params"], e
+    assert e["fit_params"]["kv_bytes"] == pytest.approx(e["measured"]["kv_bytes"], abs=1)
