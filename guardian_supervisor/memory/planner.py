@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -114,6 +115,43 @@ def prefer_measured(est: Estimate, meas: dict[str, Any] | None) -> Estimate:
         + est.overhead_bytes
         + est.host_cache_bytes,
     )
+
+
+_EXPERT_RE = re.compile(r"blk\.(\d+)\.ffn_\w*_exps\.")
+
+
+def expert_bytes(info: ModelInfo) -> tuple[int, ...]:
+    """Bytes of each layer's MoE expert tensors (blk.N.ffn_{gate,up,down,gate_up}_exps); () if none."""
+    per = [0] * info.n_layer
+    for t in info.tensors:
+        if (m := _EXPERT_RE.match(t.name)) and int(m[1]) < len(per):
+            per[int(m[1])] += t.n_bytes
+    return tuple(per) if any(per) else ()
+
+
+def offload_note(
+    plan: pl.Plan, n_layer: int, weight_bytes: int, best_gen_tps: float | None = None
+) -> dict[str, Any]:
+    """What an offloaded plan keeps in RAM and, with a benchmark record of the model's
+    generation speed, the speed to expect (placement.offloaded_gen_tps)."""
+    if plan.n_cpu_moe:
+        how = f"experts of the first {plan.n_cpu_moe} of {n_layer} layers in system RAM (--n-cpu-moe)"
+    else:
+        how = f"{plan.n_gpu_layers} of {n_layer + 1} layers on GPU, the rest in system RAM (-ngl)"
+    note: dict[str, Any] = {
+        "how": how,
+        "ngl": plan.n_gpu_layers,
+        "n_cpu_moe": plan.n_cpu_moe,
+        "cpu_mib": mib(plan.cpu_bytes),
+    }
+    if best_gen_tps and weight_bytes > 0:
+        tps = pl.offloaded_gen_tps(best_gen_tps, weight_bytes, plan.cpu_bytes)
+        note["benchmark_gen_tps"] = round(best_gen_tps, 1)
+        note["expected_gen_tps"] = round(tps, 1)
+        note["expected_slowdown"] = round(best_gen_tps / tps, 1)
+    else:
+        note["expected_gen_tps"] = None  # no benchmark record for this model yet
+    return note
 
 
 def knobs_for(model: ModelConfig, ctx: int) -> LaunchKnobs:
@@ -262,7 +300,8 @@ class VramPlanner:
             compute_bytes=use.compute_bytes,
             overhead_bytes=use.overhead_bytes,
             tensor_split=model.split,
-            allow_cpu_offload=model.cpu_offload,
+            allow_cpu_offload=model.cpu_offload or model.offload == "auto",
+            expert_bytes=expert_bytes(await self.info(model)),
         )
         others = []
         for r in residents:
@@ -292,13 +331,29 @@ class VramPlanner:
             dict(decision.per_gpu_bytes), decision.cpu_bytes, use.total_bytes, decision.gpus
         )
         env = pl.cuda_env(decision) if inv.mode == "nvml" else {}
-        placement = Placement(n_gpu_layers=decision.n_gpu_layers, tensor_split=decision.tensor_split)
-        info = {
+        placement = Placement(
+            n_gpu_layers=decision.n_gpu_layers,
+            tensor_split=decision.tensor_split,
+            n_cpu_moe=decision.n_cpu_moe,
+        )
+        info: dict[str, Any] = {
             "gpus": list(decision.gpus),
             "per_gpu_mib": {str(k): mib(v) for k, v in decision.per_gpu_bytes.items()},
         }
+        if inv.gpus and not decision.fits_fully:
+            info["offload"] = offload_note(
+                decision, len(request.layer_bytes), use.weights_bytes, await self.best_gen_tps(model.name)
+            )
+            log.warning("offloaded", model=model.name, **info["offload"])
         log.info("placed", model=model.name, ctx=ctx, evict=decision.evict, **info, ngl=decision.n_gpu_layers)
         return Go(evict=decision.evict, placement=placement, info=info, env=env)
+
+    async def best_gen_tps(self, model: str) -> float | None:
+        """The model's best generation speed from the benchmark records, if any."""
+        records = await asyncio.to_thread(read_json, self.config.data_dir / "benchmark_records.json", {})
+        best = ((records or {}).get("best", {}).get(model) or {}).get("gen_tps") or {}
+        value = best.get("value")
+        return float(value) if isinstance(value, int | float) and value > 0 else None
 
     async def before_stop(self, rt: ModelRuntime) -> None:
         """On real GPUs, note free memory while the server still holds it: the baseline the
