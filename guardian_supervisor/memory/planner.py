@@ -240,12 +240,13 @@ class VramPlanner:
         src = await self.sources(model, ctx)
         return src.estimate, src.used, src.measured
 
-    async def sources(self, model: ModelConfig, ctx: int, run_fit: bool = True) -> Sources:
+    async def sources(self, model: ModelConfig, ctx: int, for_planning: bool = True) -> Sources:
         """The estimate, llama.cpp's projection (upstream flavor) and the measured record.
 
         Measured wins, then fit-params, then the estimator. A measured model never runs
         llama-fit-params, and a cached projection costs a dict lookup; only a launch seen for
-        the first time waits for one run (< 2 s, bounded by a timeout)."""
+        the first time waits for one run (< 2 s, bounded by a timeout). With simulated GPUs
+        the projection is not used for planning, so only `for_planning=False` runs it."""
         info = await self.info(model)
         inv = await self.snapshot()
         gpu = bool(inv.gpus)
@@ -259,7 +260,8 @@ class VramPlanner:
             knobs = knobs_for(model, ctx)
             fp = await self.fitparams()
             try:
-                rec = await (fp.project if run_fit and not meas else fp.cached)(model.path, knobs)
+                run = not meas and not (for_planning and inv.mode == "simulated")
+                rec = await (fp.project if run else fp.cached)(model.path, knobs)
                 if rec is not None:
                     proj = projection_of(
                         rec, n_vocab=info.n_vocab, knobs=knobs, cells=est.ctx, floor_compute=est.compute_bytes

@@ -100,7 +100,7 @@ def register(server: RpcServer, sup: Supervisor) -> None:
         cfg = sched.resolve(name)
         ctx = params_int(params, "ctx") or cfg.context
         try:
-            src = await sup.planner.sources(cfg, ctx)
+            src = await sup.planner.sources(cfg, ctx, for_planning=False)
         except (OSError, ValueError) as e:
             raise GuardianError(Code.INVALID_PARAMS, f"cannot estimate '{cfg.name}': {e}") from e
         return {

@@ -148,3 +148,33 @@ def test_expected_speed_from_a_benchmark_record() -> None:
     note = offload_note(plan, 48, 10 * G, best_gen_tps=100.0)
     assert note["n_cpu_moe"] == 5 and "--n-cpu-moe" in note["how"] and note["expected_slowdown"] > 1
     assert offload_note(plan, 48, 10 * G)["expected_gen_tps"] is None
+
+
+def test_expert_bytes_are_read_per_layer_from_the_gguf(tmp_path: Path) -> None:
+    import gguf
+    import numpy as np
+
+    from guardian_supervisor.memory.gguf_info import read_model_info
+    from guardian_supervisor.memory.planner import expert_bytes
+
+    path = tmp_path / "moe.gguf"
+    w = gguf.GGUFWriter(str(path), "qwen3moe")
+    w.add_block_count(2)
+    w.add_embedding_length(8)
+    w.add_head_count(2)
+    w.add_head_count_kv(2)
+    w.add_feed_forward_length(16)
+    w.add_context_length(128)
+    w.add_tensor("token_embd.weight", np.zeros((32, 8), dtype=np.float32))
+    for i in range(2):
+        w.add_tensor(f"blk.{i}.attn_q.weight", np.zeros((8, 8), dtype=np.float32))
+        for part in ("gate", "up", "down"):
+            w.add_tensor(f"blk.{i}.ffn_{part}_exps.weight", np.zeros((4, 16, 8), dtype=np.float16))
+        w.add_tensor(f"blk.{i}.ffn_gate_inp.weight", np.zeros((4, 8), dtype=np.float32))  # the router stays
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    info = read_model_info(path)
+    assert expert_bytes(info) == (3 * 4 * 16 * 8 * 2,) * 2
+    assert all(e < b for e, b in zip(expert_bytes(info), info.layer_bytes, strict=True))
