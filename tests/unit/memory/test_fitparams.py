@@ -135,3 +135,54 @@ def test_argv_mirrors_the_memory_flags_and_projects_them_as_given() -> None:
             ctx=16384, n_parallel=2, kv_type="q8_0", n_batch=1024, n_ubatch=256, flash_attn="on", ngl=20
         ).key()
     )
+
+
+def _script(tmp_path: Path, body: str) -> str:
+    p = tmp_path / "llama-fit-params"
+    p.write_text("#!/bin/sh\n" + body + "\n")
+    p.chmod(0o755)
+    return str(p)
+
+
+def _model(tmp_path: Path) -> Path:
+    m = tmp_path / "m.gguf"
+    m.write_bytes(b"GGUF")
+    return m
+
+
+def test_a_missing_failing_or_hanging_tool_is_an_error_not_a_figure(tmp_path: Path) -> None:
+    import asyncio
+
+    from guardian_supervisor.memory.fitparams import FitParams
+
+    knobs, m = LaunchKnobs(ctx=512), _model(tmp_path)
+    with pytest.raises(FitParamsError, match="not found"):
+        asyncio.run(FitParams(tmp_path / "c.json", None).project(m, knobs))
+    failing = _script(tmp_path, "echo 'error: failed to load model' >&2; exit 1")
+    with pytest.raises(FitParamsError, match="exited 1: error: failed to load model"):
+        asyncio.run(FitParams(tmp_path / "c.json", failing).project(m, knobs))
+    hanging = _script(tmp_path, "exec sleep 30")
+    with pytest.raises(FitParamsError, match=r"took over 0\.5 s"):
+        asyncio.run(FitParams(tmp_path / "c.json", hanging, timeout_s=0.5).project(m, knobs))
+    assert not (tmp_path / "c.json").exists(), "nothing is cached from a failure"
+
+
+def test_a_run_is_cached_per_file_identity_and_knobs(tmp_path: Path) -> None:
+    import asyncio
+    import json
+    import os
+
+    from guardian_supervisor.memory.fitparams import FitParams
+
+    count = tmp_path / "runs"
+    tool = _script(tmp_path, f"echo x >> {count}; echo 'Host 4 16 13 '")
+    m, cache = _model(tmp_path), tmp_path / "c.json"
+    fp = FitParams(cache, tool)
+    rec = asyncio.run(fp.project(m, LaunchKnobs(ctx=512)))
+    assert rec["rows"] == [["Host", 4 * MiB, 16 * MiB, 13 * MiB]]
+    asyncio.run(FitParams(cache, tool).project(m, LaunchKnobs(ctx=512)))  # from disk
+    assert count.read_text().count("x") == 1
+    asyncio.run(FitParams(cache, tool).project(m, LaunchKnobs(ctx=1024)))  # another context
+    os.utime(m, (1, 1))  # the file changed: a new identity
+    asyncio.run(FitParams(cache, tool).project(m, LaunchKnobs(ctx=512)))
+    assert count.read_text().count("x") == 3 and len(json.loads(cache.read_text())) == 3
