@@ -56,6 +56,7 @@ class Placed:
     cpu_bytes: int
     estimate_bytes: int
     gpus: tuple[int, ...]
+    offload: dict[str, Any] | None = None  # offload_note of a plan that keeps part in RAM
 
 
 def measured_key(model: ModelConfig, ctx: int) -> str:
@@ -329,9 +330,7 @@ class VramPlanner:
                 f"but {mib(decision.available_bytes)} MiB are available ({decision.reason})",
                 {"needed_mib": mib(decision.needed_bytes), "available_mib": mib(decision.available_bytes)},
             )
-        self.placed[model.name] = Placed(
-            dict(decision.per_gpu_bytes), decision.cpu_bytes, use.total_bytes, decision.gpus
-        )
+
         env = pl.cuda_env(decision) if inv.mode == "nvml" else {}
         placement = Placement(
             n_gpu_layers=decision.n_gpu_layers,
@@ -342,11 +341,18 @@ class VramPlanner:
             "gpus": list(decision.gpus),
             "per_gpu_mib": {str(k): mib(v) for k, v in decision.per_gpu_bytes.items()},
         }
+        # Recorded before any await: a plan made meanwhile must see this model's bytes.
+        self.placed[model.name] = Placed(
+            dict(decision.per_gpu_bytes), decision.cpu_bytes, use.total_bytes, decision.gpus
+        )
         if inv.gpus and not decision.fits_fully:
-            info["offload"] = offload_note(
+            note = offload_note(
                 decision, len(request.layer_bytes), use.weights_bytes, await self.best_gen_tps(model.name)
             )
-            log.warning("offloaded", model=model.name, **info["offload"])
+            info["offload"] = note
+            if model.name in self.placed:
+                self.placed[model.name] = replace(self.placed[model.name], offload=note)
+            log.warning("offloaded", model=model.name, **note)
         log.info("placed", model=model.name, ctx=ctx, evict=decision.evict, **info, ngl=decision.n_gpu_layers)
         return Go(evict=decision.evict, placement=placement, info=info, env=env)
 
@@ -432,6 +438,7 @@ class VramPlanner:
                 "cpu_mib": mib(p.cpu_bytes),
                 "estimate_mib": mib(p.estimate_bytes),
                 "measured_mib": mib(meas["total_bytes"]) if meas else None,
+                "offload": p.offload,
             }
         gpus = [
             {

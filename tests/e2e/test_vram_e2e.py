@@ -144,7 +144,11 @@ def test_cpu_offload_when_allowed_and_refusal_when_not(guardian_factory, model_d
     g3 = guardian_factory(models(model_dir), sim(("tiny", 10, 0)))
     assert chat(g3.url, "demo-b").status_code == 200
     argv = g3.model("demo-b")["argv"]
-    assert 0 <= int(argv[argv.index("-ngl") + 1]) < 5
+    ngl3 = int(argv[argv.index("-ngl") + 1])
+    assert 0 <= ngl3 < 5
+    note = g3.status()["vram"]["placements"]["demo-b"]["offload"]
+    assert note["ngl"] == ngl3 and note["cpu_mib"] > 0 and "-ngl" in note["how"]
+    assert note["expected_gen_tps"] is None, "no benchmark record yet"
 
 
 def test_guardianctl_estimate_and_status(guardian_factory, model_dir):
