@@ -238,6 +238,9 @@ class ModelConfig:
     pinned: bool = False
     keep_alive: str | float | None = None
     cpu_offload: bool = False
+    # auto: a model too big for the GPUs runs partly on the CPU (-ngl N, or --n-cpu-moe N for
+    # MoE experts) within the RAM budget; strict: refuse it unless cpu_offload is true.
+    offload: Literal["auto", "strict"] = "auto"
     mmproj: Path | None = None
     aliases: tuple[str, ...] = ()
     # A llama-server built-in template name (`--chat-template`, e.g. gemma, chatml, llama3)

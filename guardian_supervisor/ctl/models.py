@@ -157,9 +157,9 @@ def register(main: click.Group) -> None:
         r = ctl.call("models.estimate", {"model": model, "ctx": ctx or None})
 
         def human(r: dict[str, Any]) -> None:
-            e, m = r["estimate"], r["measured"] or {}
+            e, m, f = r["estimate"], r["measured"] or {}, r.get("fit_params") or {}
             click.echo(f"{r['model']}: context {r['ctx']} x {r['parallel']} slot(s), KV cache {r['kv_type']}")
-            click.echo(f"{'':<10} {'estimate MiB':>13} {'measured MiB':>13}")
+            click.echo(f"{'':<10} {'estimate MiB':>13} {'fit-params MiB':>15} {'measured MiB':>13}")
             rows = [
                 ("weights", "weights_mib", "model_bytes"),
                 ("KV cache", "kv_mib", "kv_bytes"),
@@ -170,13 +170,26 @@ def register(main: click.Group) -> None:
             ]
             for label, key, mkey in rows:
                 meas = m.get(mkey) if mkey else None
-                click.echo(f"{label:<10} {e[key]:>13.2f} {meas if meas is not None else '-':>13}")
+                fit = f.get(mkey) if mkey else None
+                click.echo(
+                    f"{label:<10} {e[key]:>13.2f} {fit if fit is not None else '-':>15} "
+                    f"{meas if meas is not None else '-':>13}"
+                )
             layers = e["layer_weight_mib"]
             if layers:
                 click.echo(
                     f"per layer: {len(layers)} layers, {layers[0]:.2f} MiB weights + {e['kv_per_layer_mib'][0]:.2f} MiB KV each"
                 )
-            if r["planned_total_mib"] != e["total_mib"]:
-                click.echo(f"placement uses the measured figures: {r['planned_total_mib']:.2f} MiB")
+            names = {
+                "measured": "the measured buffers of an earlier load",
+                "fit-params": "llama.cpp's projection (llama-fit-params)",
+                "estimator": "Guardian's GGUF estimate",
+            }
+            source = r.get("source", "estimator")
+            click.echo(
+                f"source: {source}: placement uses {names.get(source, source)}, {r['planned_total_mib']:.2f} MiB"
+            )
+            if r.get("fit_params_error"):
+                click.echo(f"llama-fit-params: {r['fit_params_error']}")
 
         emit(as_json, r, human)

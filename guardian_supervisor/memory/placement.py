@@ -11,8 +11,10 @@ placement (reference/llama-server.md §4), adapted to llama-server's layer split
 - One GPU (the one with the most room) if the model fits there; else the fewest GPUs with
   the most room, layers split so each GPU is filled in proportion to its room. With a
   user tensor_split, that split is checked as llama.cpp would apply it.
-- If it cannot fit fully even with every unpinned model gone: offload the first layers to
-  the CPU when the model allows it (as many layers on GPU as fit), else NoFit.
+- If it cannot fit fully even with every unpinned model gone, and the model allows offload:
+  for MoE models, every layer on GPUs with the experts of the fewest first layers in RAM
+  (--n-cpu-moe); else the first layers on the CPU (as many layers on GPU as fit). NoFit
+  only when that does not fit the RAM either.
 
 Layer order matters: llama.cpp puts the *last* n_gpu_layers repeating layers on GPUs, gives
 the lowest device the first of them, and puts the output layer (the non-repeating weights
@@ -24,7 +26,7 @@ from __future__ import annotations
 import bisect
 import struct
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from guardian_supervisor.memory.gpus import Inventory
 
@@ -51,6 +53,9 @@ class PlaceRequest:
     overhead_bytes: int
     tensor_split: tuple[float, ...] | None = None
     allow_cpu_offload: bool = False
+    # MoE: bytes of each layer's expert tensors (ffn_*_exps), part of layer_bytes. With
+    # --n-cpu-moe N the experts of the first N layers stay in RAM, everything else on GPUs.
+    expert_bytes: tuple[int, ...] = ()
 
     @property
     def n_layer(self) -> int:
@@ -108,6 +113,7 @@ class Plan:
     per_gpu_bytes: Mapping[int, int]
     cpu_bytes: int
     fits_fully: bool
+    n_cpu_moe: int = 0  # experts of the first n_cpu_moe layers in RAM (--n-cpu-moe)
 
 
 @dataclass(frozen=True)
@@ -152,6 +158,7 @@ class _Layout:
     split: tuple[float, ...] | None  # aligned with sorted(per_gpu)
     cpu_bytes: int
     full: bool
+    n_cpu_moe: int = 0
 
 
 _Fit = Callable[[_Pool], _Layout | None]
@@ -369,6 +376,39 @@ def _cpu_layout(req: PlaceRequest, pool: _Pool) -> _Layout | None:
     return _Layout(0, {}, None, need, True) if need <= pool.cpu else None
 
 
+def _experts_on_cpu(req: PlaceRequest, n: int) -> PlaceRequest:
+    """The request as the GPUs see it when the first `n` layers' experts stay in RAM."""
+    layers = tuple(b - (req.expert_bytes[i] if i < n else 0) for i, b in enumerate(req.layer_bytes))
+    return replace(req, layer_bytes=layers, expert_bytes=())
+
+
+def _moe_layout(req: PlaceRequest, pool: _Pool) -> _Layout | None:
+    """Every layer on GPUs with the experts of the fewest first layers in RAM (what
+    llama.cpp users do by hand with --n-cpu-moe), if that fits the GPUs and the RAM."""
+    n_max = min(len(req.expert_bytes), req.n_layer)
+    if not any(req.expert_bytes[:n_max]):
+        return None
+
+    def at(n: int) -> _Layout | None:
+        layout = _layout(_experts_on_cpu(req, n), pool, req.n_layer + 1)
+        if layout is None:
+            return None
+        # RAM: the experts moved, plus a CPU compute buffer for their matmuls.
+        cpu = sum(req.expert_bytes[:n]) + req.compute_bytes
+        return replace(layout, cpu_bytes=cpu, n_cpu_moe=n, full=False) if cpu <= pool.cpu else None
+
+    if at(n_max) is None:
+        return None
+    lo, hi = 1, n_max  # fewer layers' experts moved needs more VRAM: monotone
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if at(mid) is None:
+            lo = mid + 1
+        else:
+            hi = mid
+    return at(lo)
+
+
 def _prune(evict: Sequence[Resident], ok: Callable[[list[Resident]], bool]) -> list[Resident]:
     """Spare every eviction that is not needed: busy ones first, then the most recently used."""
     kept = list(evict)
@@ -391,6 +431,7 @@ def _plan(req: PlaceRequest, evict: Sequence[Resident], layout: _Layout) -> Plan
         per_gpu_bytes=dict(layout.per_gpu),
         cpu_bytes=layout.cpu_bytes,
         fits_fully=layout.full,
+        n_cpu_moe=layout.n_cpu_moe,
     )
 
 
@@ -501,7 +542,10 @@ def _no_fit(req: PlaceRequest, inv: Inventory, others: Sequence[Resident], limit
     if need <= avail:
         reason += "; its layers cannot be divided to fit"
     if not req.allow_cpu_offload:
-        reason += "; CPU offload is disabled for this model"
+        reason += (
+            "; CPU offload is disabled for this model (offload: strict in models.yaml;"
+            " offload: auto would run part of it on the CPU)"
+        )
     return NoFit(req.model, need, avail, reason)
 
 
@@ -541,8 +585,33 @@ def place(
     if decision is not None:
         return decision
     if inventory.gpus and request.allow_cpu_offload:
+        if request.expert_bytes and request.tensor_split is None:
+            moe = _search(request, inventory, others, limits, lambda pool: _moe_layout(request, pool))
+            if moe is not None:
+                return moe
         return _offload(request, inventory, others, limits)
     return _no_fit(request, inventory, others, limits)
+
+
+# System RAM bandwidth assumed for the speed estimate of an offloaded plan: a dual-channel
+# DDR5 desktop reads ~50-60 GB/s (a server with more channels reads more, so this errs slow).
+RAM_BYTES_PER_S = 50e9
+
+
+def offloaded_gen_tps(
+    full_gpu_tps: float, weight_bytes: int, cpu_weight_bytes: int, ram_bytes_per_s: float = RAM_BYTES_PER_S
+) -> float:
+    """Expected generation speed once `cpu_weight_bytes` of the weights are read from RAM.
+
+    Decoding reads every weight once per token, so it is bandwidth bound: the benchmark's
+    full-GPU speed gives the GPU's effective bandwidth (weights x tokens/s); the part kept in
+    RAM is read at `ram_bytes_per_s` instead. (MoE models read only the active experts per
+    token, so for them this is a floor.)"""
+    if full_gpu_tps <= 0 or weight_bytes <= 0:
+        raise ValueError("full_gpu_tps and weight_bytes must be positive")
+    gpu_bw = weight_bytes * full_gpu_tps
+    cpu = min(max(cpu_weight_bytes, 0), weight_bytes)
+    return 1.0 / ((weight_bytes - cpu) / gpu_bw + cpu / ram_bytes_per_s)
 
 
 def cuda_env(plan: Plan) -> dict[str, str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -24,6 +25,14 @@ from guardian_supervisor.memory.estimate import (
     estimate,
     is_host_buffer,
     parse_buffer_lines,
+)
+from guardian_supervisor.memory.fitparams import (
+    FitParams,
+    FitParamsError,
+    LaunchKnobs,
+    Projection,
+    find_binary,
+    projection_of,
 )
 from guardian_supervisor.memory.gguf_info import GGUFError, ModelInfo, read_model_info
 from guardian_supervisor.memory.gpus import GpuSource, Inventory, recovery_target, wait_for_release
@@ -47,6 +56,7 @@ class Placed:
     cpu_bytes: int
     estimate_bytes: int
     gpus: tuple[int, ...]
+    offload: dict[str, Any] | None = None  # offload_note of a plan that keeps part in RAM
 
 
 def measured_key(model: ModelConfig, ctx: int) -> str:
@@ -108,6 +118,71 @@ def prefer_measured(est: Estimate, meas: dict[str, Any] | None) -> Estimate:
     )
 
 
+_EXPERT_RE = re.compile(r"blk\.(\d+)\.ffn_\w*_exps\.")
+
+
+def expert_bytes(info: ModelInfo) -> tuple[int, ...]:
+    """Bytes of each layer's MoE expert tensors (blk.N.ffn_{gate,up,down,gate_up}_exps); () if none."""
+    per = [0] * info.n_layer
+    for t in info.tensors:
+        if (m := _EXPERT_RE.match(t.name)) and int(m[1]) < len(per):
+            per[int(m[1])] += t.n_bytes
+    return tuple(per) if any(per) else ()
+
+
+def offload_note(
+    plan: pl.Plan, n_layer: int, weight_bytes: int, best_gen_tps: float | None = None
+) -> dict[str, Any]:
+    """What an offloaded plan keeps in RAM and, with a benchmark record of the model's
+    generation speed, the speed to expect (placement.offloaded_gen_tps)."""
+    if plan.n_cpu_moe:
+        how = f"experts of the first {plan.n_cpu_moe} of {n_layer} layers in system RAM (--n-cpu-moe)"
+    else:
+        how = f"{plan.n_gpu_layers} of {n_layer + 1} layers on GPU, the rest in system RAM (-ngl)"
+    note: dict[str, Any] = {
+        "how": how,
+        "ngl": plan.n_gpu_layers,
+        "n_cpu_moe": plan.n_cpu_moe,
+        "cpu_mib": mib(plan.cpu_bytes),
+    }
+    if best_gen_tps and weight_bytes > 0:
+        tps = pl.offloaded_gen_tps(best_gen_tps, weight_bytes, plan.cpu_bytes)
+        note["benchmark_gen_tps"] = round(best_gen_tps, 1)
+        note["expected_gen_tps"] = round(tps, 1)
+        note["expected_slowdown"] = round(best_gen_tps / tps, 1)
+    else:
+        note["expected_gen_tps"] = None  # no benchmark record for this model yet
+    return note
+
+
+def knobs_for(model: ModelConfig, ctx: int) -> LaunchKnobs:
+    """The memory-relevant launch settings, as build_argv passes them to llama-server."""
+    return LaunchKnobs(
+        ctx=launch_ctx(model, ctx),
+        n_parallel=model.parallel,
+        kv_type=model.kv_type,
+        n_batch=model.batch_size or 2048,
+        n_ubatch=model.ubatch_size or 512,
+        flash_attn=model.flash_attn,
+        ngl=model.ngl,
+    )
+
+
+@dataclass(frozen=True)
+class Sources:
+    """Every figure there is for one launch, and which one planning uses.
+
+    source: "measured" (llama-server's buffer lines from an earlier load), "fit-params"
+    (llama.cpp's projection; upstream flavor only) or "estimator" (the GGUF estimate)."""
+
+    estimate: Estimate
+    used: Estimate
+    source: str
+    measured: dict[str, Any] | None
+    projection: Projection | None
+    fit_error: str | None = None
+
+
 class VramPlanner:
     """Implements scheduler.Planner with estimates, a GPU source and pure placement."""
 
@@ -122,6 +197,16 @@ class VramPlanner:
         self._info: dict[tuple[str, float], ModelInfo] = {}
         self._measured: dict[str, Any] | None = None
         self._saving: set[asyncio.Task[None]] = set()  # the loop keeps only weak task references
+        self._fit: FitParams | None = None
+        self.fit_binary: str | bool | None = False  # False: not looked up yet
+
+    async def fitparams(self) -> FitParams:
+        if self._fit is None:
+            if self.fit_binary is False:
+                self.fit_binary = await asyncio.to_thread(find_binary)
+            binary = self.fit_binary if isinstance(self.fit_binary, str) else None
+            self._fit = FitParams(self.config.data_dir / "fitparams.json", binary)
+        return self._fit
 
     @property
     def config(self) -> Config:
@@ -153,6 +238,16 @@ class VramPlanner:
         self, model: ModelConfig, ctx: int
     ) -> tuple[Estimate, Estimate, dict[str, Any] | None]:
         """(estimate from the file, the figure used for planning, the measured record or None)."""
+        src = await self.sources(model, ctx)
+        return src.estimate, src.used, src.measured
+
+    async def sources(self, model: ModelConfig, ctx: int, for_planning: bool = True) -> Sources:
+        """The estimate, llama.cpp's projection (upstream flavor) and the measured record.
+
+        Measured wins, then fit-params, then the estimator. A measured model never runs
+        llama-fit-params, and a cached projection costs a dict lookup; only a launch seen for
+        the first time waits for one run (< 2 s, bounded by a timeout). With simulated GPUs
+        the projection is not used for planning, so only `for_planning=False` runs it."""
         info = await self.info(model)
         inv = await self.snapshot()
         gpu = bool(inv.gpus)
@@ -161,8 +256,29 @@ class VramPlanner:
         overhead = (overhead_mb * MiB if overhead_mb is not None else None) if gpu else 0
         est = estimate_for(info, model, ctx, backend.flavor, gpu, overhead)
         meas = (await self.measured()).get(await asyncio.to_thread(measured_key, model, ctx))
-        # A simulated GPU is served by a CPU build: its host buffers say nothing about VRAM.
-        return est, (est if inv.mode == "simulated" else prefer_measured(est, meas)), meas
+        proj, fit_error = None, None
+        if backend.flavor == "upstream":
+            knobs = knobs_for(model, ctx)
+            fp = await self.fitparams()
+            try:
+                run = not meas and not (for_planning and inv.mode == "simulated")
+                rec = await (fp.project if run else fp.cached)(model.path, knobs)
+                if rec is not None:
+                    proj = projection_of(
+                        rec, n_vocab=info.n_vocab, knobs=knobs, cells=est.ctx, floor_compute=est.compute_bytes
+                    )
+            except FitParamsError as e:
+                fit_error = str(e)
+                log.warning("fitparams_failed", model=model.name, error=fit_error)
+        # A simulated GPU is served by a CPU build: its host buffers (and llama.cpp's host
+        # projection) say nothing about VRAM.
+        if inv.mode == "simulated":
+            return Sources(est, est, "estimator", meas, proj, fit_error)
+        if meas:
+            return Sources(est, prefer_measured(est, meas), "measured", meas, proj, fit_error)
+        if proj is not None:
+            return Sources(est, prefer_measured(est, proj.record()), "fit-params", meas, proj, fit_error)
+        return Sources(est, est, "estimator", meas, proj, fit_error)
 
     async def plan(
         self,
@@ -187,7 +303,8 @@ class VramPlanner:
             compute_bytes=use.compute_bytes,
             overhead_bytes=use.overhead_bytes,
             tensor_split=model.split,
-            allow_cpu_offload=model.cpu_offload,
+            allow_cpu_offload=model.cpu_offload or model.offload == "auto",
+            expert_bytes=expert_bytes(await self.info(model)),
         )
         others = []
         for r in residents:
@@ -213,17 +330,38 @@ class VramPlanner:
                 f"but {mib(decision.available_bytes)} MiB are available ({decision.reason})",
                 {"needed_mib": mib(decision.needed_bytes), "available_mib": mib(decision.available_bytes)},
             )
-        self.placed[model.name] = Placed(
-            dict(decision.per_gpu_bytes), decision.cpu_bytes, use.total_bytes, decision.gpus
-        )
+
         env = pl.cuda_env(decision) if inv.mode == "nvml" else {}
-        placement = Placement(n_gpu_layers=decision.n_gpu_layers, tensor_split=decision.tensor_split)
-        info = {
+        placement = Placement(
+            n_gpu_layers=decision.n_gpu_layers,
+            tensor_split=decision.tensor_split,
+            n_cpu_moe=decision.n_cpu_moe,
+        )
+        info: dict[str, Any] = {
             "gpus": list(decision.gpus),
             "per_gpu_mib": {str(k): mib(v) for k, v in decision.per_gpu_bytes.items()},
         }
+        # Recorded before any await: a plan made meanwhile must see this model's bytes.
+        self.placed[model.name] = Placed(
+            dict(decision.per_gpu_bytes), decision.cpu_bytes, use.total_bytes, decision.gpus
+        )
+        if inv.gpus and not decision.fits_fully:
+            note = offload_note(
+                decision, len(request.layer_bytes), use.weights_bytes, await self.best_gen_tps(model.name)
+            )
+            info["offload"] = note
+            if model.name in self.placed:
+                self.placed[model.name] = replace(self.placed[model.name], offload=note)
+            log.warning("offloaded", model=model.name, **note)
         log.info("placed", model=model.name, ctx=ctx, evict=decision.evict, **info, ngl=decision.n_gpu_layers)
         return Go(evict=decision.evict, placement=placement, info=info, env=env)
+
+    async def best_gen_tps(self, model: str) -> float | None:
+        """The model's best generation speed from the benchmark records, if any."""
+        records = await asyncio.to_thread(read_json, self.config.data_dir / "benchmark_records.json", {})
+        best = ((records or {}).get("best", {}).get(model) or {}).get("gen_tps") or {}
+        value = best.get("value")
+        return float(value) if isinstance(value, int | float) and value > 0 else None
 
     async def before_stop(self, rt: ModelRuntime) -> None:
         """On real GPUs, note free memory while the server still holds it: the baseline the
@@ -300,6 +438,7 @@ class VramPlanner:
                 "cpu_mib": mib(p.cpu_bytes),
                 "estimate_mib": mib(p.estimate_bytes),
                 "measured_mib": mib(meas["total_bytes"]) if meas else None,
+                "offload": p.offload,
             }
         gpus = [
             {

@@ -83,6 +83,18 @@ class Placement:
     tensor_split: tuple[float, ...] | None = None
     main_gpu: int | None = None
     split_mode: str | None = None
+    n_cpu_moe: int = 0  # keep the experts of the first N layers in RAM
+
+
+def cpu_moe_args(flavor: str, n: int) -> list[str]:
+    """Experts of layers 0..n-1 on the CPU: upstream's --n-cpu-moe; ik gets the same as a
+    tensor override (-ot), which both forks accept."""
+    if n <= 0:
+        return []
+    if flavor != "ik":
+        return ["--n-cpu-moe", str(n)]
+    layers = "|".join(str(i) for i in range(n))
+    return ["-ot", f"blk\\.({layers})\\.ffn_.*_exps\\.=CPU"]
 
 
 def _fmt_split(split: tuple[float, ...]) -> str:
@@ -151,6 +163,7 @@ def build_argv(
     argv += ["-c", str(launch_ctx(model, ctx)), "-np", str(model.parallel)]
     ngl = place.n_gpu_layers if place.n_gpu_layers is not None else model.ngl
     argv += ["-ngl", str(ngl)]
+    argv += cpu_moe_args(backend.flavor, place.n_cpu_moe)
     split = place.tensor_split if place.tensor_split is not None else model.split
     if split is not None and len(split) > 1:
         argv += ["-sm", place.split_mode or "layer", "-ts", _fmt_split(split)]

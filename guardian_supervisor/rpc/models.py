@@ -93,12 +93,14 @@ def register(server: RpcServer, sup: Supervisor) -> None:
         }
 
     async def estimate(params: dict[str, Any], conn: Connection) -> dict[str, Any]:
-        """Memory breakdown for {model, ctx?} from the GGUF file, and measured figures if any."""
+        """Memory breakdown for {model, ctx?}: the GGUF estimate, llama.cpp's projection
+        (llama-fit-params, upstream flavor) and measured figures where they exist, and which
+        of them placement uses (`source`: measured, fit-params or estimator)."""
         name = params_str(params, "model")
         cfg = sched.resolve(name)
         ctx = params_int(params, "ctx") or cfg.context
         try:
-            est, planned, measured = await sup.planner.estimate(cfg, ctx)
+            src = await sup.planner.sources(cfg, ctx, for_planning=False)
         except (OSError, ValueError) as e:
             raise GuardianError(Code.INVALID_PARAMS, f"cannot estimate '{cfg.name}': {e}") from e
         return {
@@ -106,11 +108,12 @@ def register(server: RpcServer, sup: Supervisor) -> None:
             "ctx": ctx,
             "kv_type": cfg.kv_type,
             "parallel": cfg.parallel,
-            "estimate": est.to_dict(),
-            "planned_total_mib": planned.to_dict()["total_mib"],
-            "measured": None
-            if measured is None
-            else {k: (round(v / 2**20, 2) if k.endswith("_bytes") else v) for k, v in measured.items()},
+            "estimate": src.estimate.to_dict(),
+            "planned_total_mib": src.used.to_dict()["total_mib"],
+            "source": src.source,
+            "fit_params": None if src.projection is None else _mib_dict(src.projection.record()),
+            "fit_params_error": src.fit_error,
+            "measured": None if src.measured is None else _mib_dict(src.measured),
         }
 
     async def load(params: dict[str, Any], conn: Connection) -> dict[str, Any]:
@@ -154,3 +157,16 @@ def register(server: RpcServer, sup: Supervisor) -> None:
         "models.estimate": estimate,
     }.items():
         server.register(method, fn)
+
+
+def _mib_dict(rec: dict[str, Any]) -> dict[str, Any]:
+    """*_bytes figures in MiB (two decimals); per-device rows [name, model, context, compute] too."""
+    out: dict[str, Any] = {}
+    for k, v in rec.items():
+        if k.endswith("_bytes"):
+            out[k] = round(v / 2**20, 2)
+        elif k == "rows":
+            out[k] = [[r[0], *(round(x / 2**20, 2) for x in r[1:])] for r in v]
+        else:
+            out[k] = v
+    return out

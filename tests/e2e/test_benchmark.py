@@ -223,7 +223,8 @@ def test_a_cell_that_does_not_fit_is_recorded_not_retried(guardian_factory, mode
         "overhead_mb": 0,
     }
     g = guardian_factory(
-        {"demo-b": {"path": str(model_dir / "demo-b.gguf"), "context": 16384}},
+        # offload: strict, or the 16384 cell would run partly on the CPU instead
+        {"demo-b": {"path": str(model_dir / "demo-b.gguf"), "context": 16384, "offload": "strict"}},
         {**settings(contexts=[1024, 16384], batch_sizes=[64], ubatch_sizes=[64]), "gpus": sim},
         start="guardian-supervisor",
     )

@@ -94,7 +94,7 @@ def test_pinned_model_is_never_evicted(guardian_factory, model_dir):
 
 
 def test_a_model_too_big_is_refused_clearly(guardian_factory, model_dir):
-    g = guardian_factory(models(model_dir), sim(("sim0", 40, 0)))
+    g = guardian_factory(models(model_dir, huge={"offload": "strict"}), sim(("sim0", 40, 0)))
     r = chat(g.url, "huge")
     assert r.status_code == 507
     msg = r.json()["error"]["message"]
@@ -104,7 +104,7 @@ def test_a_model_too_big_is_refused_clearly(guardian_factory, model_dir):
 
 def test_vram_limit_caps_the_total(guardian_factory, model_dir):
     settings = sim(("sim0", 100, 0), proxy={"vram_limit_mb": 10})
-    g = guardian_factory(models(model_dir), settings)
+    g = guardian_factory(models(model_dir, **{"demo-b": {"offload": "strict"}}), settings)
     assert chat(g.url, "demo-a").status_code == 200
     r = chat(g.url, "demo-b")  # 13 MiB > the 10 MiB cap, even with demo-a evicted
     assert r.status_code == 507 and "'demo-b'" in r.json()["error"]["message"]
@@ -137,8 +137,18 @@ def test_cpu_offload_when_allowed_and_refusal_when_not(guardian_factory, model_d
     argv = g.model("demo-b")["argv"]
     ngl = int(argv[argv.index("-ngl") + 1])
     assert 0 <= ngl < 5, "part of the model runs on the CPU"
-    g2 = guardian_factory(models(model_dir), sim(("tiny", 10, 0)))
-    assert chat(g2.url, "demo-b").status_code == 507
+    g2 = guardian_factory(models(model_dir, **{"demo-b": {"offload": "strict"}}), sim(("tiny", 10, 0)))
+    r = chat(g2.url, "demo-b")
+    assert r.status_code == 507 and "offload: strict" in r.json()["error"]["message"]
+    # offload: auto (the default) offloads without the old cpu_offload key
+    g3 = guardian_factory(models(model_dir), sim(("tiny", 10, 0)))
+    assert chat(g3.url, "demo-b").status_code == 200
+    argv = g3.model("demo-b")["argv"]
+    ngl3 = int(argv[argv.index("-ngl") + 1])
+    assert 0 <= ngl3 < 5
+    note = g3.status()["vram"]["placements"]["demo-b"]["offload"]
+    assert note["ngl"] == ngl3 and note["cpu_mib"] > 0 and "-ngl" in note["how"]
+    assert note["expected_gen_tps"] is None, "no benchmark record yet"
 
 
 def test_guardianctl_estimate_and_status(guardian_factory, model_dir):
