@@ -68,6 +68,9 @@ class SupervisorSettings:
     health_poll_ms: int = 25
     max_queue: int = 256
     swap_fairness_s: float = 2.0
+    # A READY llama-server with requests in flight that answers no /health for this long is
+    # killed and started again (SIGSTOP, deadlock); 0 turns the watchdog off.
+    health_watchdog_s: float = 60.0
     log_ring_lines: int = 200
     keep_alive: str | float = "5m"
 
@@ -76,6 +79,10 @@ class SupervisorSettings:
             return "port_base", "must be between 1024 and 65000"
         if not 1 <= self.health_poll_ms <= 50:
             return "health_poll_ms", "must be between 1 and 50 ms"
+        if self.swap_fairness_s < 0:
+            return "swap_fairness_s", "must be 0 or more seconds"
+        if self.health_watchdog_s != 0 and self.health_watchdog_s < 1:
+            return "health_watchdog_s", "must be 0 (off) or at least 1 second"
         return None
 
 
