@@ -176,7 +176,7 @@ class Lifecycle:
         self.planner.after_ready(rt, ctx)
         self._changed()
         self.arm_idle_timer(rt)
-        if settings.supervisor.health_watchdog_s > 0:
+        if settings.supervisor.health_watchdog_s > 0 and child is not None:
             self.background(self._watch(rt, child, settings.supervisor.health_watchdog_s))
         return None
 
