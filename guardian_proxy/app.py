@@ -8,7 +8,14 @@ import contextlib
 import structlog
 from aiohttp import web
 
-from guardian_proxy import dashboard, ollama_http, openai_routes, sessions_routes
+from guardian_proxy import (
+    dashboard,
+    llama_routes,
+    ollama_http,
+    openai_routes,
+    responses_http,
+    sessions_routes,
+)
 from guardian_proxy.auth import make_auth_middleware
 from guardian_proxy.context import CTX_KEY, ProxyContext
 from guardian_proxy.errors_http import api_error
@@ -48,6 +55,8 @@ def create_app(pc: ProxyContext) -> web.Application:
     app.router.add_get("/", root)  # GET also answers HEAD
     app.router.add_get("/metrics", metrics_handler)  # Prometheus; behind the same keys
     openai_routes.add_routes(app, pc)
+    responses_http.add_routes(app)  # /v1/responses, translated onto chat completions
+    llama_routes.add_routes(app)  # /tokenize, /infill, /v1/rerank, ...: relayed as they are
     sessions_routes.add_routes(app)  # /guardian/sessions: named KV-cache sessions
     ollama_http.add_routes(app, pc, OLLAMA_VERSION)
     return app

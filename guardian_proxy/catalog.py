@@ -25,6 +25,9 @@ class Entry:
     aliases: tuple[str, ...]
     context: int
     embeddings: bool
+    reranking: bool
+    flavor: str
+    """The backend's flavor: "ik" (ik_llama.cpp) or "upstream" (llama.cpp)."""
     capabilities: tuple[str, ...]
     """Ollama capability names: completion, tools, insert, vision, thinking, embedding."""
     has_template: bool
@@ -38,6 +41,8 @@ class Entry:
             aliases=tuple(e.get("aliases") or ()),
             context=int(e.get("context") or 0),
             embeddings=bool(e.get("embeddings")),
+            reranking=bool(e.get("reranking")),
+            flavor=str(e.get("flavor") or "upstream"),
             capabilities=tuple(e.get("capabilities") or ()),
             has_template=bool(e.get("has_template")),
             tag=e["tag"],

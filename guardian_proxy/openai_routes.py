@@ -13,7 +13,16 @@ from guardian_proxy.auth import allowed_models, check_model_scope
 from guardian_proxy.cache_isolation import isolating, without_reuse
 from guardian_proxy.context import ProxyContext, ctx_of
 from guardian_proxy.errors_http import openai_error, openai_from
-from guardian_proxy.relay import UpstreamError, leased, pipe, upstream
+from guardian_proxy.loading import Progress, openai_progress_chunk
+from guardian_proxy.relay import (
+    STREAM_HEADERS,
+    UpstreamError,
+    leased,
+    pipe,
+    sse_error_event,
+    upstream,
+    write_quietly,
+)
 from shared.errors import GuardianError
 
 
@@ -39,6 +48,7 @@ async def read_json(request: web.Request) -> tuple[bytes, dict[str, Any]] | web.
 
 def make_relay(path: str, check: Callable[[dict[str, Any]], str | None]) -> Any:
     embeddings = path == "/v1/embeddings"
+    chat = path == "/v1/chat/completions"
 
     async def handler(request: web.Request) -> web.StreamResponse:
         parsed = await read_json(request)
@@ -53,15 +63,25 @@ def make_relay(path: str, check: Callable[[dict[str, Any]], str | None]) -> Any:
             return refusal
         if not embeddings and isolating(request):
             body = json.dumps(without_reuse(payload)).encode()
+        stream = payload.get("stream") is True
+        progress = None
+        if chat and stream and pc.config.settings.proxy.loading_progress:
+            model = payload["model"]
+            progress = Progress(request, STREAM_HEADERS, lambda text: openai_progress_chunk(model, text))
         try:
             async with (
-                leased(pc.link, payload["model"]) as lease,
-                upstream(pc.session, lease, path, body, stream=payload.get("stream") is True) as up,
+                leased(pc.link, payload["model"], progress=progress) as lease,
+                upstream(pc.session, lease, path, body, stream=stream) as up,
             ):
-                return await pipe(request, up, lease.model)
-        except GuardianError as e:
-            return openai_from(e)
-        except UpstreamError as e:
+                return await pipe(request, up, lease.model, progress.resp if progress else None)
+        except (GuardianError, UpstreamError) as e:
+            if progress is not None and progress.resp is not None:  # the stream has begun
+                status = e.code.http_status if isinstance(e, GuardianError) else e.status
+                await write_quietly(progress.resp, sse_error_event(str(getattr(e, "message", e)), status))
+                await progress.resp.write_eof()
+                return progress.resp
+            if isinstance(e, GuardianError):
+                return openai_from(e)
             return openai_error(e.status, str(e))
 
     handler.__name__ = "relay_" + path.strip("/").replace("/", "_")

@@ -18,6 +18,7 @@ import aiohttp
 from aiohttp import web
 
 from guardian_proxy import metrics
+from guardian_proxy.loading import Progress, acquire_reporting
 from guardian_proxy.supervisor_link import Lease, SupervisorLink
 
 JSON_HEADERS = {"Content-Type": "application/json"}
@@ -38,11 +39,17 @@ class UpstreamError(Exception):
 
 @asynccontextmanager
 async def leased(
-    link: SupervisorLink, model: str, *, ctx: int | None = None, keep_alive: Any = None
+    link: SupervisorLink,
+    model: str,
+    *,
+    ctx: int | None = None,
+    keep_alive: Any = None,
+    progress: Progress | None = None,
 ) -> AsyncIterator[Lease]:
-    """Hold a lease on `model` for the duration of the block; always released."""
+    """Hold a lease on `model` for the duration of the block; always released. With
+    `progress`, a wait for a load is reported on it (guardian_proxy.loading)."""
     t0 = time.perf_counter()
-    lease = await link.acquire(model, ctx=ctx, keep_alive=keep_alive)
+    lease = await acquire_reporting(link, model, progress, ctx=ctx, keep_alive=keep_alive)
     if (stats := metrics.current()) is not None:
         stats.model, stats.waited_s = lease.model, lease.waited_s
         stats.acquire_s += time.perf_counter() - t0
@@ -98,16 +105,26 @@ def sse_error_event(message: str, status: int = 500) -> bytes:
     return b"data: " + json.dumps(err).encode() + b"\n\n"
 
 
-async def pipe(request: web.Request, up: aiohttp.ClientResponse, model: str) -> web.StreamResponse:
-    """Answer with llama-server's response: streams chunk by chunk, JSON as one body."""
+async def pipe(
+    request: web.Request, up: aiohttp.ClientResponse, model: str, resp: web.StreamResponse | None = None
+) -> web.StreamResponse:
+    """Answer with llama-server's response: streams chunk by chunk, JSON as one body.
+
+    `resp`: a stream already started (loading progress); an error answer then goes in-band.
+    """
     ctype = up.headers.get("Content-Type", "application/json")
+    if resp is not None and (up.status != 200 or not ctype.startswith("text/event-stream")):
+        await write_quietly(resp, sse_error_event(_error_message(await up.read(), up.status), up.status))
+        await resp.write_eof()
+        return resp
     if not ctype.startswith("text/event-stream"):
         body = await up.read()
         if up.status == 200:
             metrics.note_usage_in_json_tail(body)  # once per answer, only its last object
         return web.Response(body=body, status=up.status, headers={"Content-Type": ctype})
-    resp = web.StreamResponse(status=up.status, headers=STREAM_HEADERS)
-    await resp.prepare(request)
+    if resp is None:
+        resp = web.StreamResponse(status=up.status, headers=STREAM_HEADERS)
+        await resp.prepare(request)
     # The final event (timings/usage) is in the last reads: keep two, look at them once at the end.
     prev = last = b""
     try:
@@ -124,3 +141,13 @@ async def pipe(request: web.Request, up: aiohttp.ClientResponse, model: str) -> 
     metrics.note_usage_in_sse_tail(prev[-4096:] + last)
     await resp.write_eof()
     return resp
+
+
+def _error_message(raw: bytes, status: int) -> str:
+    try:
+        err = json.loads(raw).get("error")
+    except (ValueError, AttributeError):
+        err = None
+    if isinstance(err, dict) and err.get("message"):
+        return str(err["message"])
+    return raw.decode(errors="replace")[:500] or f"llama-server answered {status}"

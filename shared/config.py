@@ -39,6 +39,9 @@ class ProxySettings:
     body_timeout_s: float = 60.0
     keepalive_s: float = 15.0
     request_queue_limit: int = 512
+    # Streamed requests waiting for a model to load get progress (reasoning / thinking deltas)
+    # instead of silence, as llama-swap's sendLoadingState; off by default, as Ollama sends none.
+    loading_progress: bool = False
 
     def validate(self) -> Problem:
         for key in ("port", "ui_port"):
@@ -233,6 +236,7 @@ class ModelConfig:
     extra_args: str = ""
     embeddings: bool = False
     pooling: Literal["none", "mean", "cls", "last", "rank"] | None = None  # --pooling for embeddings
+    reranking: bool = False  # serve /v1/rerank (upstream llama-server's --rerank; ik has no reranker)
     parallel: int = 1
     threads: int | None = None
     batch_size: int | None = None

@@ -16,19 +16,22 @@ from aiohttp import web
 from guardian_proxy.cache_isolation import isolating, without_reuse
 from guardian_proxy.catalog import Entry
 from guardian_proxy.context import ProxyContext, ctx_of
+from guardian_proxy.loading import Progress, ollama_progress_line
 from guardian_proxy.ollama import (
     GeneratePlan,
     OllamaError,
     build_chat_request,
     build_generate_request,
     chat_load_response,
+    error_line,
     generate_load_response,
     json_bytes,
+    now_rfc3339,
     require_model,
     think_enabled,
     unsupported_capability,
 )
-from guardian_proxy.ollama_http.common import api, json_response, read_body, resolve
+from guardian_proxy.ollama_http.common import NDJSON_HEADERS, api, json_response, read_body, resolve
 from guardian_proxy.ollama_http.upstream import (
     check_status,
     load_only,
@@ -38,8 +41,9 @@ from guardian_proxy.ollama_http.upstream import (
     relay_ndjson,
     unload,
 )
-from guardian_proxy.relay import UpstreamError, leased
+from guardian_proxy.relay import UpstreamError, leased, write_quietly
 from guardian_proxy.supervisor_link import Lease
+from shared.errors import GuardianError
 
 
 def check_capabilities(
@@ -87,28 +91,42 @@ async def chat(request: web.Request) -> web.StreamResponse:
     if plan.action == "load":
         await load_only(pc, entry, num_ctx, plan.keep_alive)
         return json_response(chat_load_response(plan.model, "load"))
-    async with (
-        leased(pc.link, entry.name, ctx=num_ctx, keep_alive=plan.keep_alive) as lease,
-        open_upstream(
-            pc.session,
-            lease,
-            plan.endpoint,
-            json_bytes(without_reuse(plan.body) if isolating(request) else plan.body),
-            stream=plan.stream,
-        ) as up,
-    ):
-        await check_status(up)
-        load_ns = int(lease.waited_s * 1e9)
-        if plan.stream:
-            t = plan.translator()
+    progress = None
+    if plan.stream and pc.config.settings.proxy.loading_progress:
+        progress = Progress(
+            request, NDJSON_HEADERS, lambda text: ollama_progress_line(plan.model, text, now_rfc3339())
+        )
+    try:
+        async with (
+            leased(pc.link, entry.name, ctx=num_ctx, keep_alive=plan.keep_alive, progress=progress) as lease,
+            open_upstream(
+                pc.session,
+                lease,
+                plan.endpoint,
+                json_bytes(without_reuse(plan.body) if isolating(request) else plan.body),
+                stream=plan.stream,
+            ) as up,
+        ):
+            await check_status(up)
+            load_ns = int(lease.waited_s * 1e9)
+            if plan.stream:
+                t = plan.translator()
 
-            async def finish() -> list[dict[str, Any]]:
-                return t.finish(total_duration=_ns_since(t0), load_duration=load_ns)
+                async def finish() -> list[dict[str, Any]]:
+                    return t.finish(total_duration=_ns_since(t0), load_duration=load_ns)
 
-            return await relay_ndjson(request, up, lease.model, t.feed, finish)
-        agg = plan.translator(emit=False)
-        agg.feed(await read_json(up))
-        return json_response(agg.result(total_duration=_ns_since(t0), load_duration=load_ns))
+                return await relay_ndjson(
+                    request, up, lease.model, t.feed, finish, progress.resp if progress else None
+                )
+            agg = plan.translator(emit=False)
+            agg.feed(await read_json(up))
+            return json_response(agg.result(total_duration=_ns_since(t0), load_duration=load_ns))
+    except (OllamaError, GuardianError, UpstreamError) as e:
+        if progress is None or progress.resp is None:
+            raise  # nothing sent yet: @api answers with the status
+        await write_quietly(progress.resp, error_line(getattr(e, "message", str(e))))  # the stream began
+        await progress.resp.write_eof()
+        return progress.resp
 
 
 async def _prompt_text(pc: ProxyContext, lease: Lease, plan: GeneratePlan) -> str:

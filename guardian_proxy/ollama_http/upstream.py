@@ -89,7 +89,12 @@ async def sse_batches(up: aiohttp.ClientResponse) -> AsyncIterator[list[dict[str
 
 
 async def relay_ndjson(
-    request: web.Request, up: aiohttp.ClientResponse, model: str, feed: Feed, finish: Finish
+    request: web.Request,
+    up: aiohttp.ClientResponse,
+    model: str,
+    feed: Feed,
+    finish: Finish,
+    resp: web.StreamResponse | None = None,
 ) -> web.StreamResponse:
     """Translate llama-server's SSE into NDJSON, writing what each network read brought at once.
 
@@ -97,8 +102,9 @@ async def relay_ndjson(
     `{"error": ...}` line: an `{"error"}` event, a stream that ends before it finished, or a
     llama-server that died or stalled.
     """
-    resp = web.StreamResponse(headers=NDJSON_HEADERS)
-    await resp.prepare(request)
+    if resp is None:  # else: already started by loading progress (guardian_proxy.loading)
+        resp = web.StreamResponse(headers=NDJSON_HEADERS)
+        await resp.prepare(request)
     write = resp.write
     last: list[dict[str, Any]] = []
     try:

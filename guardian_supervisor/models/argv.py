@@ -180,6 +180,8 @@ def build_argv(
         argv += ["-lv", "4"]  # upstream prints its buffer sizes (the measured memory) only at -lv 4
     if model.embeddings:
         argv += ["--embeddings"]
+    if model.reranking and not ik:
+        argv += ["--rerank"]  # pooling rank; ik_llama.cpp has no reranking endpoint (proxy says so)
     if model.pooling is not None:
         argv += ["--pooling", model.pooling]
     if model.mmproj is not None:

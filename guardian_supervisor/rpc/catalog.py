@@ -167,6 +167,8 @@ def register(server: RpcServer, sup: Supervisor) -> None:
                     "aliases": list(cfg.aliases),
                     "context": cfg.context,
                     "embeddings": cfg.embeddings,
+                    "reranking": cfg.reranking,
+                    "flavor": sup.config.backend_of(cfg).flavor,
                     "capabilities": capabilities(cfg, f.info),
                     "has_template": bool(f.info and f.info.chat_template),
                     "error": f.error,

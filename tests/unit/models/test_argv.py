@@ -153,3 +153,10 @@ def test_ik_host_prompt_cache_is_capped():
     argv = build_argv(model(), IK, binary="ik", port=1)
     assert flag(argv, "--cache-ram") == str(IK_CACHE_RAM_MIB) and IK_CACHE_RAM_MIB < 8192
     assert "--cache-ram" not in build_argv(model(), UP, binary="up", port=1)
+
+
+def test_reranking_model_starts_with_rerank_on_upstream_only():
+    assert "--rerank" in build_argv(model(reranking=True), UP, binary="llama-server", port=1)
+    # ik_llama.cpp has no reranking endpoint: the proxy refuses such requests with a 400 instead.
+    assert "--rerank" not in build_argv(model(reranking=True), IK, binary="ik", port=1)
+    assert "--rerank" not in build_argv(model(), UP, binary="llama-server", port=1)
