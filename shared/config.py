@@ -42,11 +42,16 @@ class ProxySettings:
     # Streamed requests waiting for a model to load get progress (reasoning / thinking deltas)
     # instead of silence, as llama-swap's sendLoadingState; off by default, as Ollama sends none.
     loading_progress: bool = False
+    # A streaming client that takes no bytes for this long is dropped and its lease released
+    # (guardian_proxy/client_stream.py): a stuck reader must not block swaps or unloads.
+    write_timeout_s: float = 30.0
 
     def validate(self) -> Problem:
         for key in ("port", "ui_port"):
             if not 0 <= getattr(self, key) <= 65535:
                 return key, "must be a TCP port between 0 and 65535"
+        if self.write_timeout_s <= 0:
+            return "write_timeout_s", "must be a positive number of seconds"
         if self.vram_limit_mb is not None and self.vram_limit_mb <= 0:
             return "vram_limit_mb", "must be a positive number of MiB"
         for key in ("max_connections", "max_connections_per_ip"):
