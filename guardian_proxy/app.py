@@ -17,6 +17,7 @@ from guardian_proxy import (
     sessions_routes,
 )
 from guardian_proxy.auth import make_auth_middleware
+from guardian_proxy.client_stream import WRITE_TIMEOUT_KEY
 from guardian_proxy.context import CTX_KEY, ProxyContext
 from guardian_proxy.errors_http import api_error
 from guardian_proxy.host_check import make_host_middleware
@@ -52,6 +53,7 @@ def create_app(pc: ProxyContext) -> web.Application:
     app = web.Application(client_max_size=max_body, middlewares=middlewares)
     app.on_response_prepare.append(ollama_http.on_prepare)  # CORS header on every answer
     app[CTX_KEY] = pc
+    app[WRITE_TIMEOUT_KEY] = pc.config.settings.proxy.write_timeout_s
     app.router.add_get("/", root)  # GET also answers HEAD
     app.router.add_get("/metrics", metrics_handler)  # Prometheus; behind the same keys
     openai_routes.add_routes(app, pc)

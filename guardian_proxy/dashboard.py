@@ -24,6 +24,7 @@ import structlog
 from aiohttp import web
 
 from guardian_proxy.auth import presented_key
+from guardian_proxy.client_stream import ClientStream
 from guardian_proxy.context import CTX_KEY, ProxyContext, ctx_of
 from guardian_proxy.host_check import make_host_middleware
 from shared.errors import GuardianError
@@ -88,7 +89,7 @@ async def state_json(request: web.Request) -> web.Response:
 async def events(request: web.Request) -> web.StreamResponse:
     """Server-sent events: the state every TICK_S until the browser goes away."""
     pc = ctx_of(request)
-    resp = web.StreamResponse(
+    resp = ClientStream(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     )
     await resp.prepare(request)

@@ -17,6 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
+from guardian_proxy.client_stream import ClientStream
 from guardian_proxy.supervisor_link import Lease, SupervisorLink
 
 TICK_S = 1.0  # the first message after a second of waiting, then one a second
@@ -58,7 +59,7 @@ class Progress:
 
     async def tick(self, text: str) -> None:
         if self.resp is None:
-            self.resp = web.StreamResponse(headers=self.headers)
+            self.resp = ClientStream(headers=self.headers)
             await self.resp.prepare(self.request)
         await self.resp.write(self.render(text))
 

@@ -18,6 +18,7 @@ import aiohttp
 from aiohttp import web
 
 from guardian_proxy import metrics
+from guardian_proxy.client_stream import ClientStream
 from guardian_proxy.loading import Progress, acquire_reporting
 from guardian_proxy.supervisor_link import Lease, SupervisorLink
 
@@ -123,7 +124,7 @@ async def pipe(
             metrics.note_usage_in_json_tail(body)  # once per answer, only its last object
         return web.Response(body=body, status=up.status, headers={"Content-Type": ctype})
     if resp is None:
-        resp = web.StreamResponse(status=up.status, headers=STREAM_HEADERS)
+        resp = ClientStream(status=up.status, headers=STREAM_HEADERS)
         await resp.prepare(request)
     # The final event (timings/usage) is in the last reads: keep two, look at them once at the end.
     prev = last = b""

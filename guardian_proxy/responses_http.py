@@ -17,6 +17,7 @@ from aiohttp import web
 from guardian_proxy import request_limits
 from guardian_proxy.auth import check_model_scope
 from guardian_proxy.cache_isolation import isolating, without_reuse
+from guardian_proxy.client_stream import ClientStream
 from guardian_proxy.context import ctx_of
 from guardian_proxy.errors_http import openai_error, openai_from
 from guardian_proxy.ollama_http.upstream import BROKEN_STREAM, sse_batches
@@ -92,7 +93,7 @@ async def _relay_events(
 ) -> web.StreamResponse:
     """Chat SSE in, Responses SSE out, per network read. Once the status is sent, a failure
     becomes `error` + `response.failed` events (the SDK raises on them)."""
-    resp = web.StreamResponse(headers=STREAM_HEADERS)
+    resp = ClientStream(headers=STREAM_HEADERS)
     await resp.prepare(request)
     await resp.write(b"".join(t.start()))
     try:

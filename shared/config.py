@@ -42,11 +42,16 @@ class ProxySettings:
     # Streamed requests waiting for a model to load get progress (reasoning / thinking deltas)
     # instead of silence, as llama-swap's sendLoadingState; off by default, as Ollama sends none.
     loading_progress: bool = False
+    # A streaming client that takes no bytes for this long is dropped and its lease released
+    # (guardian_proxy/client_stream.py): a stuck reader must not block swaps or unloads.
+    write_timeout_s: float = 30.0
 
     def validate(self) -> Problem:
         for key in ("port", "ui_port"):
             if not 0 <= getattr(self, key) <= 65535:
                 return key, "must be a TCP port between 0 and 65535"
+        if self.write_timeout_s <= 0:
+            return "write_timeout_s", "must be a positive number of seconds"
         if self.vram_limit_mb is not None and self.vram_limit_mb <= 0:
             return "vram_limit_mb", "must be a positive number of MiB"
         for key in ("max_connections", "max_connections_per_ip"):
@@ -71,6 +76,9 @@ class SupervisorSettings:
     health_poll_ms: int = 25
     max_queue: int = 256
     swap_fairness_s: float = 2.0
+    # A READY llama-server with requests in flight that answers no /health for this long is
+    # killed and started again (SIGSTOP, deadlock); 0 turns the watchdog off.
+    health_watchdog_s: float = 60.0
     log_ring_lines: int = 200
     keep_alive: str | float = "5m"
 
@@ -79,6 +87,10 @@ class SupervisorSettings:
             return "port_base", "must be between 1024 and 65000"
         if not 1 <= self.health_poll_ms <= 50:
             return "health_poll_ms", "must be between 1 and 50 ms"
+        if self.swap_fairness_s < 0:
+            return "swap_fairness_s", "must be 0 or more seconds"
+        if self.health_watchdog_s != 0 and self.health_watchdog_s < 1:
+            return "health_watchdog_s", "must be 0 (off) or at least 1 second"
         return None
 
 

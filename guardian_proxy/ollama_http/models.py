@@ -100,7 +100,13 @@ async def ps(request: web.Request) -> web.StreamResponse:
         expires = _expires_epoch(m, keep)
         rows.append((expires, _ps_entry(entry, m, placements.get(m["name"]) or {}, expires)))
     rows.sort(key=lambda r: r[0], reverse=True)
-    return json_response({"models": [r[1] for r in rows]})
+    # Guardian's addition (clients ignore unknown keys): who waits for which model, loaded or not.
+    queue = [
+        {"model": entries[m["name"]].tag["name"], "queued": m["queued"], "oldest_wait_s": m["oldest_wait_s"]}
+        for m in status["models"]
+        if m.get("queued") and m["name"] in entries and visible(request, entries[m["name"]])
+    ]
+    return json_response({"models": [r[1] for r in rows], "queue": queue})
 
 
 def _ps_entry(entry: Entry, m: dict[str, Any], place: dict[str, Any], expires: float) -> dict[str, Any]:
@@ -117,6 +123,8 @@ def _ps_entry(entry: Entry, m: dict[str, Any], place: dict[str, Any], expires: f
         "expires_at": format_rfc3339_nano(int(expires * 1e9)),
         "size_vram": vram,
         "context_length": m.get("ctx") or entry.context,
+        "queued": m.get("queued", 0),  # Guardian's: requests waiting for this model, and the oldest's wait
+        "oldest_wait_s": m.get("oldest_wait_s", 0.0),
     }
 
 

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from guardian_proxy import metrics
 from guardian_proxy.catalog import Entry
+from guardian_proxy.client_stream import ClientStream
 from guardian_proxy.context import ProxyContext
 from guardian_proxy.ollama import OllamaError, error_line, json_bytes, ndjson_line, upstream_error
 from guardian_proxy.ollama_http.common import NDJSON_HEADERS
@@ -103,7 +104,7 @@ async def relay_ndjson(
     llama-server that died or stalled.
     """
     if resp is None:  # else: already started by loading progress (guardian_proxy.loading)
-        resp = web.StreamResponse(headers=NDJSON_HEADERS)
+        resp = ClientStream(headers=NDJSON_HEADERS)
         await resp.prepare(request)
     write = resp.write
     last: list[dict[str, Any]] = []

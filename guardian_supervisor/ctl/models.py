@@ -13,10 +13,14 @@ from guardian_supervisor.ctl.base import Ctl, ctl_command, emit
 
 
 def _print_status(st: dict[str, Any]) -> None:
-    click.echo(f"{'MODEL':<24} {'STATE':<9} {'PORT':>5} {'PID':>7} {'INFLIGHT':>8} {'CTX':>7}  REASON")
+    click.echo(
+        f"{'MODEL':<24} {'STATE':<9} {'PORT':>5} {'PID':>7} {'INFLIGHT':>8} {'QUEUED':>6} {'WAIT':>6} {'CTX':>7}  REASON"
+    )
     for m in st["models"]:
+        queued = m.get("queued", 0)
+        wait = f"{m.get('oldest_wait_s', 0.0):.1f}s" if queued else "-"
         click.echo(
-            f"{m['name']:<24} {m['state']:<9} {m['port'] or '-':>5} {m['pid'] or '-':>7} {m['inflight']:>8} {m['ctx'] or '-':>7}  {m['reason']}"
+            f"{m['name']:<24} {m['state']:<9} {m['port'] or '-':>5} {m['pid'] or '-':>7} {m['inflight']:>8} {queued:>6} {wait:>6} {m['ctx'] or '-':>7}  {m['reason']}"
         )
         if m["pid"]:
             click.echo(f"    argv: {' '.join(m['argv'])}")

@@ -2,9 +2,10 @@
 hooks), stop one (hooks, SIGTERM, memory release), notice an exit nobody asked for, and
 the keep_alive timers that unload idle models.
 
-The scheduler decides *what* happens; this module does it and reports back through two
+The scheduler decides *what* happens; this module does it and reports back through
 callbacks: `changed` after anything that may make a waiter admissible, `idle` when a
-model's keep_alive ran out.
+model's keep_alive ran out, `stuck` when the health watchdog killed a server that stopped
+answering with requests in flight (the scheduler starts it again).
 """
 
 from __future__ import annotations
@@ -49,12 +50,14 @@ class Lifecycle:
         runtimes: Callable[[], dict[str, ModelRuntime]],
         changed: Callable[[], None],
         idle: Callable[[ModelRuntime], None],
+        stuck: Callable[[ModelRuntime], None] | None = None,
     ) -> None:
         self._config = config
         self.planner = planner
         self._runtimes = runtimes
         self._changed = changed
         self._idle = idle
+        self._stuck = stuck
         self.hooks: list[LifecycleHook] = []
         self._http: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -173,6 +176,8 @@ class Lifecycle:
         self.planner.after_ready(rt, ctx)
         self._changed()
         self.arm_idle_timer(rt)
+        if settings.supervisor.health_watchdog_s > 0 and child is not None:
+            self.background(self._watch(rt, child, settings.supervisor.health_watchdog_s))
         return None
 
     # ---- stop ---------------------------------------------------------------------------
@@ -207,6 +212,57 @@ class Lifecycle:
             rt.port = None
             self.background(self.planner.after_stop(rt))
             self._changed()
+
+    # ---- health watchdog ----------------------------------------------------------------
+
+    async def _watch(self, rt: ModelRuntime, child: Child, limit_s: float) -> None:
+        """While `child` serves requests, it must answer /health; silent for `limit_s` → killed.
+
+        A stopped (SIGSTOP) or deadlocked llama-server keeps its socket open, so its clients
+        would each wait out the whole request timeout while the model still looks READY.
+        Probes run only while requests are in flight: an idle server costs nothing. ik answers
+        /health through its task queue, so a long prompt batch delays it: hence seconds, not
+        one missed probe.
+        """
+        every = min(5.0, max(0.2, limit_s / 6))
+        probe = aiohttp.ClientTimeout(total=every)
+        url = f"http://127.0.0.1:{rt.port}/health"
+        last_ok = time.monotonic()
+        while rt.child is child and rt.state is State.READY and child.returncode is None:
+            await asyncio.sleep(every)
+            if rt.child is not child or rt.state is not State.READY:
+                return
+            if rt.inflight == 0:
+                last_ok = time.monotonic()
+                continue
+            try:
+                async with self.session().get(url, timeout=probe) as resp:
+                    if resp.status < 500:
+                        last_ok = time.monotonic()
+                        continue
+            except (aiohttp.ClientError, TimeoutError):
+                pass
+            silent = time.monotonic() - last_ok
+            if silent >= limit_s and rt.child is child and rt.state is State.READY:
+                self._kill_stuck(rt, child, silent)
+                return
+
+    def _kill_stuck(self, rt: ModelRuntime, child: Child, silent_s: float) -> None:
+        rt.last_error = (
+            f"llama-server for '{rt.name}' stopped answering /health for {silent_s:.0f} s with "
+            f"{rt.inflight} request(s) in flight; killed it (supervisor.health_watchdog_s="
+            f"{self.config.settings.supervisor.health_watchdog_s:g}) and starting it again"
+        )
+        log.error("llama_server_stuck", model=rt.name, pid=child.pid, silent_s=round(silent_s, 1))
+        rt.last_error_tail = child.tail()
+        rt.set_state(State.FAILED, rt.last_error)
+        rt.cancel_idle_timer()
+        rt.port = None
+        child.kill_now()  # SIGKILL ends a stopped process too; its clients' connections reset
+        self.background(self.planner.after_stop(rt))
+        self._changed()
+        if self._stuck is not None:
+            self._stuck(rt)
 
     def kill_all_now(self) -> None:
         for rt in self._runtimes().values():

@@ -5,6 +5,12 @@ lock to get wrong. Transitions (stop victims, start a model) run one at a time i
 `_bring_up`; requests for a model that is loading join that load. A model with leases
 is never stopped. Where a new model goes and what must leave for it is the planner's call;
 starting and stopping servers is the lifecycle's (models/lifecycle.py).
+
+No missed wake-ups, by construction: every event that can make a waiter admissible
+(grant, release, ready, exit, stop, a new or cancelled waiter, unload, config change, a
+fairness window or a parked plan's re-check running out) goes through `_wake`, which bumps
+`_epoch` and schedules `_decide`. A plan that said Wait parks the scheduler only for the
+epoch it started in, so anything that happened while the plan was being made re-plans.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
@@ -60,6 +66,47 @@ def make_profile(overrides: Mapping[str, int] | None) -> Profile | None:
     return tuple(sorted((k, int(v)) for k, v in overrides.items()))
 
 
+class Timer(Protocol):
+    def cancel(self) -> None: ...
+
+
+class Clock:
+    """Time and timers, apart so tests can drive the scheduler on a fake clock."""
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
+        return asyncio.get_running_loop().call_later(max(0.0, delay), callback)
+
+
+REPLAN_S = 1.0  # a parked plan is re-checked this often: memory can free up outside Guardian
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A model some waiter needs started (or relaunched), as `choose_next` sees it."""
+
+    model: str
+    oldest: float  # when its oldest waiter arrived
+    priority: int
+    waiters: int
+
+
+def choose_next(candidates: list[Candidate], window_s: float) -> Candidate | None:
+    """The model to bring up next: the one with the oldest waiter, all its waiters together.
+
+    `priority` (models.yaml) breaks near-ties: among models whose oldest waiter arrived
+    within one fairness window of the oldest of all, the highest priority goes first, then
+    the oldest. The window bounds how long a higher priority can make a lower one wait.
+    """
+    if not candidates:
+        return None
+    first = min(c.oldest for c in candidates)
+    close = [c for c in candidates if c.oldest - first <= window_s]
+    return min(close, key=lambda c: (-c.priority, c.oldest, c.model))
+
+
 @dataclass
 class Waiter:
     model: str
@@ -70,11 +117,18 @@ class Waiter:
 
 
 class Scheduler:
-    def __init__(self, config: Config, planner: Planner, lifecycle: type[Lifecycle] = Lifecycle) -> None:
+    def __init__(
+        self,
+        config: Config,
+        planner: Planner,
+        lifecycle: type[Lifecycle] = Lifecycle,
+        clock: Clock | None = None,
+    ) -> None:
         self.config = config
         self.planner = planner
+        self.clock = clock or Clock()
         self.lifecycle = lifecycle(
-            lambda: self.config, planner, lambda: self.runtimes, self._on_change, self._on_idle
+            lambda: self.config, planner, lambda: self.runtimes, self._wake, self._on_idle, self._on_stuck
         )
         self.runtimes: dict[str, ModelRuntime] = {name: ModelRuntime(m) for name, m in config.models.items()}
         self.leases: dict[str, Lease] = {}
@@ -83,7 +137,11 @@ class Scheduler:
         self._transition: asyncio.Task[None] | None = None
         self._blocked: dict[str, float] = {}  # model → since when a waiting swap needs it drained
         self._unloading: set[str] = set()  # models an unload is draining: no new leases
-        self._parked = False  # last plan said Wait: re-plan only after a release or exit
+        self._epoch = 0  # bumped by every event that may make a waiter admissible
+        self._parked_at: int | None = None  # the epoch whose plan said Wait: no re-plan until it moves
+        self._timer: Timer | None = None  # next fairness-window end or parked re-check
+        self._timer_at: float | None = None
+        self._recheck_at = 0.0  # when a parked plan is re-made even if nothing woke us
         self._decide_scheduled = False
         self._closing = False
         self.on_acquire: list[Callable[[str, bool], None]] = []  # (model, is a user request)
@@ -94,13 +152,25 @@ class Scheduler:
     def hooks(self) -> list[LifecycleHook]:
         return self.lifecycle.hooks
 
-    def _on_change(self) -> None:
-        """The lifecycle changed a model (ready, stopped, exited): waiters may be admissible."""
-        self._parked = False
+    def _wake(self) -> None:
+        """Something changed that may make a waiter admissible: decide again, re-plan if parked."""
+        self._epoch += 1
         self._kick()
 
     def _on_idle(self, rt: ModelRuntime) -> None:
         self.lifecycle.background(self.unload(rt.name, "idle (keep_alive expired)"))
+
+    def _on_stuck(self, rt: ModelRuntime) -> None:
+        """The watchdog killed a stuck server: start it again, through the queue like a request."""
+        self.lifecycle.background(self._restart(rt.name))
+
+    async def _restart(self, name: str) -> None:
+        try:
+            lease, _rt = await self.acquire(name, conn_id=0, keep_alive=None)
+        except GuardianError as e:
+            log.warning("restart_failed", model=name, error=e.message)
+            return
+        self.release(lease.id)
 
     # ---- public API (RPC handlers call these) -------------------------------------------
 
@@ -129,10 +199,10 @@ class Scheduler:
                 Code.QUEUE_FULL, f"{len(self.queue)} requests are already waiting for a model; retry shortly"
             )
         waiter = Waiter(
-            model.name, asyncio.get_running_loop().create_future(), want, time.monotonic(), conn_id
+            model.name, asyncio.get_running_loop().create_future(), want, self.clock.now(), conn_id
         )
         self.queue.append(waiter)
-        self._kick()
+        self._wake()
         try:
             lease = await waiter.future
         except asyncio.CancelledError:
@@ -140,7 +210,7 @@ class Scheduler:
                 self.queue.remove(waiter)
             if waiter.future.done() and not waiter.future.cancelled() and waiter.future.exception() is None:
                 self.release(waiter.future.result().id)  # granted just as the caller gave up
-            self._kick()  # it may have been the swap that held other models' requests back
+            self._wake()  # it may have been the swap that held other models' requests back
             raise
         return lease, rt
 
@@ -155,8 +225,7 @@ class Scheduler:
             if rt.inflight == 0:
                 rt.drained.set()
                 self.lifecycle.arm_idle_timer(rt)
-        self._parked = False
-        self._kick()
+        self._wake()
         return True
 
     def release_connection(self, conn_id: int) -> int:
@@ -183,8 +252,7 @@ class Scheduler:
                 await self.lifecycle.stop(rt, reason)
         finally:
             self._unloading.discard(rt.name)
-            self._parked = False
-            self._kick()
+            self._wake()
         return True
 
     def resolve(self, requested: str) -> ModelConfig:
@@ -194,7 +262,21 @@ class Scheduler:
         return model
 
     def status(self) -> list[dict[str, Any]]:
-        return [rt.status() for rt in self.runtimes.values()]
+        """Each model's runtime status, with its queue: how many wait and the oldest's wait."""
+        now = self.clock.now()
+        waiting: dict[str, list[float]] = {}
+        for w in self.queue:
+            if not w.future.done():
+                waiting.setdefault(w.model, []).append(w.since)
+        out = []
+        for rt in self.runtimes.values():
+            st = rt.status()
+            since = waiting.get(rt.name, [])
+            st["queued"] = len(since)
+            st["oldest_wait_s"] = round(now - min(since), 3) if since else 0.0
+            st["priority"] = rt.config.priority
+            out.append(st)
+        return out
 
     def apply_config(self, config: Config) -> list[str]:
         """Swap in a reloaded config. Changed or removed models restart/stop once idle."""
@@ -214,11 +296,13 @@ class Scheduler:
             if name not in self.runtimes:
                 self.runtimes[name] = ModelRuntime(model)
                 changed.append(name)
-        self._kick()
+        self._wake()
         return changed
 
     async def close(self) -> None:
         self._closing = self.lifecycle.closing = True
+        if self._timer is not None:
+            self._timer.cancel()
         for w in self.queue:
             if not w.future.done():
                 w.future.set_exception(
@@ -243,12 +327,24 @@ class Scheduler:
 
     # ---- decisions ----------------------------------------------------------------------
 
+    def _drain_deadline(self, rt: ModelRuntime) -> float | None:
+        """When a model that a waiting swap needs drained stops taking new requests.
+
+        The window counts from when the swap started waiting or the model became READY,
+        whichever is later: a model that was blocked while it loaded still serves its
+        queue for a full window once it is up.
+        """
+        since = self._blocked.get(rt.name)
+        if since is None:
+            return None
+        start = max(since, rt.since) if rt.state is State.READY else since
+        return start + self.config.settings.supervisor.swap_fairness_s
+
     def _admissible(self, rt: ModelRuntime, want: Want) -> bool:
         if rt.state is not State.READY or not want.met_by(rt) or rt.name in self._unloading:
             return False
-        since = self._blocked.get(rt.name)
-        # A swap waiting on this model: keep serving it for a short fairness window, then drain.
-        return since is None or time.monotonic() - since < self.config.settings.supervisor.swap_fairness_s
+        deadline = self._drain_deadline(rt)
+        return deadline is None or self.clock.now() < deadline
 
     def _grant(self, rt: ModelRuntime, conn_id: int) -> Lease:
         lease = Lease(f"l{next(self._lease_ids)}", rt.name, conn_id, time.monotonic())
@@ -270,6 +366,9 @@ class Scheduler:
             return False
         return not (rt.state is State.READY and w.want.met_by(rt))
 
+    def _transitioning(self) -> bool:
+        return self._transition is not None and not self._transition.done()
+
     def _decide(self) -> None:
         self._decide_scheduled = False
         if self._closing:
@@ -277,7 +376,9 @@ class Scheduler:
         if not any(self._needs_transition(w) for w in self.queue):
             # No swap waits any more (served, failed or gone): what it asked to drain serves again.
             self._blocked.clear()
-            self._parked = False
+            self._parked_at = None
+        for name in [n for n in self._blocked if not self.runtimes.get(n) or not self.runtimes[n].resident]:
+            del self._blocked[name]  # stopped or gone: it holds nothing back any more
         for w in list(self.queue):  # grant everything that can run now
             if w.future.done():
                 self.queue.remove(w)
@@ -289,26 +390,73 @@ class Scheduler:
             elif self._admissible(rt, w.want):
                 self.queue.remove(w)
                 w.future.set_result(self._grant(rt, w.conn_id))
-        if (self._transition is not None and not self._transition.done()) or self._parked:
+        self._arm_timer()
+        if self._transitioning() or self._parked_at == self._epoch:
             return
-        # The oldest waiter whose model needs a transition decides the next one (FIFO across
-        # models). Waiters of a model that is up but draining, or stopping, just wait.
-        for w in self.queue:
-            if not self._needs_transition(w):
-                continue
-            rt = self.runtimes[w.model]
-            ctx = max((x.want.ctx or 0) for x in self.queue if x.model == rt.name) or None
-            self._transition = asyncio.create_task(self._bring_up(rt, Want(ctx, w.want.profile, w.want.user)))
-            return
+        nxt = self._next_target()
+        if nxt is not None:
+            rt, want = nxt
+            self._transition = asyncio.create_task(self._bring_up(rt, want, self._epoch))
 
-    async def _bring_up(self, rt: ModelRuntime, want: Want) -> None:
+    def _next_target(self) -> tuple[ModelRuntime, Want] | None:
+        """The model to bring up and what it must meet, taking all its waiters together."""
+        groups: dict[str, list[Waiter]] = {}
+        for w in self.queue:
+            if self._needs_transition(w):
+                groups.setdefault(w.model, []).append(w)
+        pick = choose_next(
+            [
+                Candidate(m, min(w.since for w in ws), self.runtimes[m].config.priority, len(ws))
+                for m, ws in groups.items()
+            ],
+            self.config.settings.supervisor.swap_fairness_s,
+        )
+        if pick is None:
+            return None
+        ws = groups[pick.model]
+        first = min(ws, key=lambda w: w.since)
+        ctx = max((x.want.ctx or 0) for x in self.queue if x.model == pick.model) or None
+        return self.runtimes[pick.model], Want(ctx, first.want.profile, first.want.user)
+
+    def _arm_timer(self) -> None:
+        """Wake at the next moment time alone changes a decision: a fairness window ending
+        (its model stops taking requests and may drain) or a parked plan's re-check."""
+        now = self.clock.now()
+        due = [
+            d
+            for name in self._blocked
+            if (rt := self.runtimes.get(name)) is not None and (d := self._drain_deadline(rt)) is not None
+            if d > now
+        ]
+        if self._parked_at is not None and self._parked_at == self._epoch:
+            due.append(max(self._recheck_at, now))
+        at = min(due) if due else None
+        if at == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer, self._timer_at = None, at
+        if at is not None:
+            self._timer = self.clock.call_later(at - now, self._timer_fired)
+
+    def _park(self, epoch: int) -> None:
+        self._parked_at = epoch
+        self._recheck_at = self.clock.now() + REPLAN_S
+
+    def _timer_fired(self) -> None:
+        self._timer, self._timer_at = None, None
+        self._wake()
+
+    async def _bring_up(self, rt: ModelRuntime, want: Want, epoch: int) -> None:
+        """One transition. Returning without starting anything parks the scheduler for `epoch`:
+        only an event after the decision was taken (which bumps the epoch) re-plans."""
         try:
             if rt.state is State.READY:
                 if want.met_by(rt):
                     return  # became admissible meanwhile; _decide grants on the next kick
                 if rt.inflight > 0:  # reload with the new settings once its requests finish
-                    self._blocked.setdefault(rt.name, time.monotonic())
-                    self._parked = True
+                    self._blocked.setdefault(rt.name, self.clock.now())
+                    self._park(epoch)
                     return
                 self._blocked.pop(rt.name, None)  # drained: relaunched, it serves everyone again
                 await self.lifecycle.stop(
@@ -330,15 +478,16 @@ class Scheduler:
                 rt.last_error = plan.message
                 return
             if isinstance(plan, Wait):
-                now = time.monotonic()
+                now = self.clock.now()
                 for name in plan.blocked_by:
                     self._blocked.setdefault(name, now)
-                self._parked = True
+                self._park(epoch)
                 return
             for name in plan.evict:
                 victim = self.runtimes[name]
                 if victim.inflight > 0:  # got a request while we stopped others: re-plan later
-                    self._parked = True
+                    self._blocked.setdefault(name, self.clock.now())
+                    self._park(epoch)
                     return
                 self._blocked.pop(name, None)
                 await self.lifecycle.stop(victim, f"evicted for {rt.name}")
@@ -354,7 +503,7 @@ class Scheduler:
             )
         finally:
             self._transition = None
-            self._kick()
+            self._kick()  # not a wake: if this plan parked, only a newer event re-plans
 
     # ---- helpers ----------------------------------------------------------------------
 
