@@ -30,7 +30,11 @@ sys.path.insert(0, str(ROOT))
 from guardian_supervisor.demo_models import DEMO_MODELS, write_tiny_llama  # noqa: E402
 from tests.harness import Guardian, free_port  # noqa: E402
 
-CHAT: dict[str, Any] = {"messages": [{"role": "user", "content": "hello there"}], "max_tokens": 1, "temperature": 0}
+CHAT: dict[str, Any] = {
+    "messages": [{"role": "user", "content": "hello there"}],
+    "max_tokens": 1,
+    "temperature": 0,
+}
 
 
 def pct(xs: list[float], p: float) -> float:
@@ -38,7 +42,9 @@ def pct(xs: list[float], p: float) -> float:
     return xs[min(len(xs) - 1, round(p / 100 * (len(xs) - 1)))]
 
 
-async def timed_post(s: aiohttp.ClientSession, url: str, body: dict, headers: dict[str, str] | None = None) -> float:
+async def timed_post(
+    s: aiohttp.ClientSession, url: str, body: dict, headers: dict[str, str] | None = None
+) -> float:
     t0 = time.perf_counter()
     async with s.post(url, json=body, headers=headers) as r:
         await r.read()
@@ -47,7 +53,11 @@ async def timed_post(s: aiohttp.ClientSession, url: str, body: dict, headers: di
 
 
 async def stream_rate(
-    s: aiohttp.ClientSession, url: str, body: dict, ndjson: bool = False, headers: dict[str, str] | None = None
+    s: aiohttp.ClientSession,
+    url: str,
+    body: dict,
+    ndjson: bool = False,
+    headers: dict[str, str] | None = None,
 ) -> tuple[float, float]:
     """(tokens per second after the first token, time to first token) of one streamed request."""
     t0 = time.perf_counter()
@@ -80,7 +90,9 @@ async def health_ready_time(argv: list[str], port: int) -> float:
         async with aiohttp.ClientSession() as s:
             while True:
                 try:
-                    async with s.get(f"http://127.0.0.1:{port}/health", timeout=aiohttp.ClientTimeout(total=0.05)) as r:
+                    async with s.get(
+                        f"http://127.0.0.1:{port}/health", timeout=aiohttp.ClientTimeout(total=0.05)
+                    ) as r:
                         if r.status == 200:
                             return time.perf_counter() - t0
                 except (aiohttp.ClientError, TimeoutError):
@@ -115,7 +127,12 @@ async def main_async(g: Guardian, n: int, gen_tokens: int, swaps: int) -> dict[s
         body = {**CHAT, "model": "demo-a", "max_tokens": gen_tokens, "stream": True, "ignore_eos": True}
         # /api/chat has no ignore_eos (Ollama ignores the key): this prompt is one the tiny
         # demo model answers with no EOS for 400 tokens at temperature 0.
-        ollama: dict[str, Any] = {"model": "demo-a", "messages": [{"role": "user", "content": "x"}], "stream": True, "options": {"num_predict": gen_tokens, "temperature": 0}}
+        ollama: dict[str, Any] = {
+            "model": "demo-a",
+            "messages": [{"role": "user", "content": "x"}],
+            "stream": True,
+            "options": {"num_predict": gen_tokens, "temperature": 0},
+        }
         d_rate, g_rate, o_rate = [], [], []
         has_ollama = True
         for _ in range(15):
@@ -135,7 +152,16 @@ async def main_async(g: Guardian, n: int, gen_tokens: int, swaps: int) -> dict[s
             _rate, ttft = await stream_rate(s, gv1, {**body, "model": target, "max_tokens": 4})
             swap_ttft.append(ttft)
             m = g.model(target)
-            warm_ttft.append((await stream_rate(s, f"http://127.0.0.1:{m['port']}/v1/chat/completions", {**body, "max_tokens": 4}, headers=g.child_headers(target)))[1])
+            warm_ttft.append(
+                (
+                    await stream_rate(
+                        s,
+                        f"http://127.0.0.1:{m['port']}/v1/chat/completions",
+                        {**body, "max_tokens": 4},
+                        headers=g.child_headers(target),
+                    )
+                )[1]
+            )
             ready.append(await _ready(m["argv"]))
     out = {
         "requests": n,
@@ -151,7 +177,10 @@ async def main_async(g: Guardian, n: int, gen_tokens: int, swaps: int) -> dict[s
         "swap_ttft_ms": statistics.median(swap_ttft) * 1e3,
         "llama_start_to_ready_ms": statistics.median(ready) * 1e3,
         "warm_ttft_ms": statistics.median(warm_ttft) * 1e3,
-        "swap_overhead_ms": (statistics.median(swap_ttft) - statistics.median(ready) - statistics.median(warm_ttft)) * 1e3,
+        "swap_overhead_ms": (
+            statistics.median(swap_ttft) - statistics.median(ready) - statistics.median(warm_ttft)
+        )
+        * 1e3,
     }
     if o_rate:
         out["stream_api_chat_tok_s"] = statistics.median(o_rate)
@@ -176,7 +205,11 @@ def main() -> None:
         models = {}
         for name, spec in DEMO_MODELS.items():
             write_tiny_llama(root / f"{name}.gguf", spec)
-            models[name] = {"path": str(root / f"{name}.gguf"), "context": 2048, **({"threads": args.threads} if args.threads else {})}
+            models[name] = {
+                "path": str(root / f"{name}.gguf"),
+                "context": 2048,
+                **({"threads": args.threads} if args.threads else {}),
+            }
         g = Guardian(root / "g", models, {"logging": {"level": "warning"}, "max_loaded_models": 1})
         g.start()
         try:

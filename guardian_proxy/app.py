@@ -20,7 +20,6 @@ from shared import conn_guard
 from shared.config import Config
 
 log = structlog.get_logger("proxy")
-OLLAMA_VERSION = "0.12.6"
 
 
 async def root(request: web.Request) -> web.Response:
@@ -46,7 +45,7 @@ def create_app(pc: ProxyContext) -> web.Application:
     app.router.add_get("/", root)  # GET also answers HEAD
     openai_routes.add_routes(app, pc)
     sessions_routes.add_routes(app)  # /guardian/sessions: named KV-cache sessions
-    ollama_http.add_routes(app, pc, OLLAMA_VERSION)
+    ollama_http.add_routes(app, pc, pc.config.settings.proxy.ollama_version)
     return app
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
-from guardian_proxy import request_limits, validate
+from guardian_proxy import openai_chat, request_limits, validate
 from guardian_proxy.auth import allowed_models, check_model_scope
 from guardian_proxy.cache_isolation import isolating, without_reuse
 from guardian_proxy.context import ProxyContext, ctx_of
@@ -39,6 +39,7 @@ async def read_json(request: web.Request) -> tuple[bytes, dict[str, Any]] | web.
 
 def make_relay(path: str, check: Callable[[dict[str, Any]], str | None]) -> Any:
     embeddings = path == "/v1/embeddings"
+    chat = path == "/v1/chat/completions"
 
     async def handler(request: web.Request) -> web.StreamResponse:
         parsed = await read_json(request)
@@ -47,6 +48,14 @@ def make_relay(path: str, check: Callable[[dict[str, Any]], str | None]) -> Any:
         body, payload = parsed
         if (problem := check(payload)) is not None:
             return openai_error(400, problem)
+        if chat:
+            try:
+                mapped = openai_chat.apply_reasoning(payload)
+            except ValueError as e:
+                return openai_error(400, str(e), param="reasoning_effort")
+            if mapped is not None:
+                payload = mapped
+                body = json.dumps(payload).encode()
         pc = ctx_of(request)
         check_model_scope(request, payload["model"])
         if embeddings and (refusal := await _embeddings_refusal(pc, payload["model"])):
@@ -58,6 +67,14 @@ def make_relay(path: str, check: Callable[[dict[str, Any]], str | None]) -> Any:
                 leased(pc.link, payload["model"]) as lease,
                 upstream(pc.session, lease, path, body, stream=payload.get("stream") is True) as up,
             ):
+                if chat:
+                    return await pipe(
+                        request,
+                        up,
+                        lease.model,
+                        body_filter=openai_chat.rewrite_body,
+                        stream_filter=openai_chat.SseUsageRewriter(),
+                    )
                 return await pipe(request, up, lease.model)
         except GuardianError as e:
             return openai_from(e)

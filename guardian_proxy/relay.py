@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 from aiohttp import web
@@ -89,16 +89,43 @@ def sse_error_event(message: str, status: int = 500) -> bytes:
     return b"data: " + json.dumps(err).encode() + b"\n\n"
 
 
-async def pipe(request: web.Request, up: aiohttp.ClientResponse, model: str) -> web.StreamResponse:
-    """Answer with llama-server's response: streams chunk by chunk, JSON as one body."""
+class StreamFilter(Protocol):
+    """Rewrites a relayed stream read by read (see openai_chat.SseUsageRewriter)."""
+
+    def feed(self, chunk: bytes) -> bytes: ...
+
+    def close(self) -> bytes: ...
+
+
+async def pipe(
+    request: web.Request,
+    up: aiohttp.ClientResponse,
+    model: str,
+    *,
+    body_filter: Callable[[bytes], bytes] | None = None,
+    stream_filter: StreamFilter | None = None,
+) -> web.StreamResponse:
+    """Answer with llama-server's response: streams chunk by chunk, JSON as one body.
+
+    `body_filter` rewrites a whole 200 JSON answer; `stream_filter` each read of a stream.
+    """
     ctype = up.headers.get("Content-Type", "application/json")
     if not ctype.startswith("text/event-stream"):
-        return web.Response(body=await up.read(), status=up.status, headers={"Content-Type": ctype})
+        body = await up.read()
+        if body_filter is not None and up.status == 200:
+            body = body_filter(body)
+        return web.Response(body=body, status=up.status, headers={"Content-Type": ctype})
     resp = web.StreamResponse(status=up.status, headers=STREAM_HEADERS)
     await resp.prepare(request)
     try:
         async for chunk in up.content.iter_any():
+            if stream_filter is not None:
+                chunk = stream_filter.feed(chunk)
+                if not chunk:
+                    continue
             await resp.write(chunk)
+        if stream_filter is not None and (rest := stream_filter.close()):
+            await resp.write(rest)
     except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as e:
         # llama-server died or stalled mid-stream: tell the client in-band, the status is sent.
         await write_quietly(

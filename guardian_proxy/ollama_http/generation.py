@@ -17,6 +17,7 @@ from guardian_proxy.cache_isolation import isolating, without_reuse
 from guardian_proxy.catalog import Entry
 from guardian_proxy.context import ProxyContext, ctx_of
 from guardian_proxy.ollama import (
+    ChatStreamTranslator,
     GeneratePlan,
     OllamaError,
     build_chat_request,
@@ -28,6 +29,7 @@ from guardian_proxy.ollama import (
     think_enabled,
     unsupported_capability,
 )
+from guardian_proxy.ollama.chat import PROMPT_TOO_LONG, drop_oldest_message, is_context_overflow
 from guardian_proxy.ollama_http.common import api, json_response, read_body, resolve
 from guardian_proxy.ollama_http.upstream import (
     check_status,
@@ -87,28 +89,39 @@ async def chat(request: web.Request) -> web.StreamResponse:
     if plan.action == "load":
         await load_only(pc, entry, num_ctx, plan.keep_alive)
         return json_response(chat_load_response(plan.model, "load"))
-    async with (
-        leased(pc.link, entry.name, ctx=num_ctx, keep_alive=plan.keep_alive) as lease,
-        open_upstream(
-            pc.session,
-            lease,
-            plan.endpoint,
-            json_bytes(without_reuse(plan.body) if isolating(request) else plan.body),
-            stream=plan.stream,
-        ) as up,
-    ):
-        await check_status(up)
-        load_ns = int(lease.waited_s * 1e9)
-        if plan.stream:
-            t = plan.translator()
+    async with leased(pc.link, entry.name, ctx=num_ctx, keep_alive=plan.keep_alive) as lease:
+        body = without_reuse(plan.body) if isolating(request) else plan.body
+        while True:
+            async with open_upstream(
+                pc.session, lease, plan.endpoint, json_bytes(body), stream=plan.stream
+            ) as up:
+                try:
+                    await check_status(up)
+                except OllamaError as e:
+                    if not is_context_overflow(e.message):
+                        raise
+                    if not plan.truncate:
+                        raise OllamaError(400, PROMPT_TOO_LONG) from None
+                    shorter = drop_oldest_message(body["messages"])
+                    if shorter is None:  # only the last message (and system ones) left
+                        raise OllamaError(400, PROMPT_TOO_LONG) from None
+                    # llama-server refuses an oversized prompt after tokenizing it, before any
+                    # evaluation, so each try is cheap (Ollama renders and tokenizes per step too).
+                    body = {**body, "messages": shorter}
+                    continue
+                load_ns = int(lease.waited_s * 1e9)
+                if plan.stream:
+                    t = plan.translator()
 
-            async def finish() -> list[dict[str, Any]]:
-                return t.finish(total_duration=_ns_since(t0), load_duration=load_ns)
+                    async def finish(
+                        t: ChatStreamTranslator = t, load_ns: int = load_ns
+                    ) -> list[dict[str, Any]]:
+                        return t.finish(total_duration=_ns_since(t0), load_duration=load_ns)
 
-            return await relay_ndjson(request, up, lease.model, t.feed, finish)
-        agg = plan.translator(emit=False)
-        agg.feed(await read_json(up))
-        return json_response(agg.result(total_duration=_ns_since(t0), load_duration=load_ns))
+                    return await relay_ndjson(request, up, lease.model, t.feed, finish)
+                agg = plan.translator(emit=False)
+                agg.feed(await read_json(up))
+                return json_response(agg.result(total_duration=_ns_since(t0), load_duration=load_ns))
 
 
 async def _prompt_text(pc: ProxyContext, lease: Lease, plan: GeneratePlan) -> str:
