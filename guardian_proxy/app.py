@@ -8,7 +8,7 @@ import contextlib
 import structlog
 from aiohttp import web
 
-from guardian_proxy import dashboard, ollama_http, openai_routes, sessions_routes
+from guardian_proxy import anthropic_http, dashboard, ollama_http, openai_routes, sessions_routes
 from guardian_proxy.auth import make_auth_middleware
 from guardian_proxy.context import CTX_KEY, ProxyContext
 from guardian_proxy.errors_http import api_error
@@ -44,6 +44,7 @@ def create_app(pc: ProxyContext) -> web.Application:
     app[CTX_KEY] = pc
     app.router.add_get("/", root)  # GET also answers HEAD
     openai_routes.add_routes(app, pc)
+    anthropic_http.add_routes(app)  # /v1/messages: the Anthropic Messages API
     sessions_routes.add_routes(app)  # /guardian/sessions: named KV-cache sessions
     ollama_http.add_routes(app, pc, pc.config.settings.proxy.ollama_version)
     return app
