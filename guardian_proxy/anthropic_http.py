@@ -155,8 +155,8 @@ async def count_tokens(request: web.Request) -> web.StreamResponse:
         prompt = (await _post_json(pc, lease, "/apply-template", plan.body)).get("prompt")
         if not isinstance(prompt, str):
             raise AnthropicError(502, "llama-server's /apply-template answered without a prompt")
-        # The rendered template already holds the BOS text, so nothing special is added again.
-        tokens = (await _post_json(pc, lease, "/tokenize", {"content": prompt, "add_special": False})).get(
+        # Tokenized as llama-server tokenizes a chat prompt: BOS added where the vocab wants it.
+        tokens = (await _post_json(pc, lease, "/tokenize", {"content": prompt, "add_special": True})).get(
             "tokens"
         )
     if not isinstance(tokens, list):
