@@ -100,11 +100,9 @@ async def chat(request: web.Request) -> web.StreamResponse:
                 except OllamaError as e:
                     if not is_context_overflow(e.message):
                         raise
-                    if not plan.truncate:
-                        raise OllamaError(400, PROMPT_TOO_LONG) from None
-                    shorter = drop_oldest_message(body["messages"])
-                    if shorter is None:  # only the last message (and system ones) left
-                        raise OllamaError(400, PROMPT_TOO_LONG) from None
+                    shorter = drop_oldest_message(body["messages"]) if plan.truncate else None
+                    if shorter is None:  # truncate:false, or only the last message (and system ones) left
+                        raise OllamaError(400, f"{PROMPT_TOO_LONG} (llama-server: {e.message})") from None
                     # llama-server refuses an oversized prompt after tokenizing it, before any
                     # evaluation, so each try is cheap (Ollama renders and tokenizes per step too).
                     body = {**body, "messages": shorter}
