@@ -9,6 +9,7 @@ import structlog
 from aiohttp import web
 
 from guardian_proxy import (
+    anthropic_http,
     dashboard,
     llama_routes,
     ollama_http,
@@ -29,7 +30,6 @@ from shared import conn_guard
 from shared.config import Config
 
 log = structlog.get_logger("proxy")
-OLLAMA_VERSION = "0.12.6"
 
 
 async def root(request: web.Request) -> web.Response:
@@ -59,8 +59,9 @@ def create_app(pc: ProxyContext) -> web.Application:
     openai_routes.add_routes(app, pc)
     responses_http.add_routes(app)  # /v1/responses, translated onto chat completions
     llama_routes.add_routes(app)  # /tokenize, /infill, /v1/rerank, ...: relayed as they are
+    anthropic_http.add_routes(app)  # /v1/messages: the Anthropic Messages API
     sessions_routes.add_routes(app)  # /guardian/sessions: named KV-cache sessions
-    ollama_http.add_routes(app, pc, OLLAMA_VERSION)
+    ollama_http.add_routes(app, pc, pc.config.settings.proxy.ollama_version)
     return app
 
 

@@ -19,7 +19,7 @@ import click
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from guardian_proxy.errors_http import is_openai, ollama_error, openai_error
+from guardian_proxy.errors_http import anthropic_error, is_anthropic, is_openai, ollama_error, openai_error
 from shared.errors import GuardianError
 from shared.keystore import KeyRecord, KeyStore, keys_path
 
@@ -43,7 +43,9 @@ _REASONS = {
 
 
 def _unauthorized(request: web.Request, message: str) -> web.Response:
-    if is_openai(request):
+    if is_anthropic(request):
+        resp = anthropic_error(401, message)
+    elif is_openai(request):
         resp = openai_error(401, message, "invalid_api_key")
     else:
         resp = ollama_error(401, message)
@@ -132,7 +134,9 @@ def check_model_scope(request: web.Request, model: str) -> None:
     if record is None or record.allows(model):
         return
     message = f"model '{model}' not found"
-    if is_openai(request):
+    if is_anthropic(request):
+        resp = anthropic_error(404, message)
+    elif is_openai(request):
         resp = openai_error(404, message, "model_not_found", "model")
     else:
         resp = ollama_error(404, message)

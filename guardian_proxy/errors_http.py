@@ -6,6 +6,7 @@ import json
 
 from aiohttp import web
 
+from guardian_proxy.anthropic_api.errors import error_body
 from shared.errors import Code, GuardianError
 
 _OPENAI_TYPES = {
@@ -29,6 +30,21 @@ _OPENAI_CODES = {
 def is_openai(request: web.Request) -> bool:
     """Whether the request hit the OpenAI API (/v1/...), which answers errors in its own shape."""
     return request.path == "/v1" or request.path.startswith("/v1/")
+
+
+def is_anthropic(request: web.Request) -> bool:
+    """Whether the request hit the Anthropic Messages API, whose errors have their own shape."""
+    return request.path == "/v1/messages" or request.path.startswith("/v1/messages/")
+
+
+def anthropic_error(status: int, message: str, retry_after: int | None = None) -> web.Response:
+    """{"type":"error","error":{"type","message"}}, what the anthropic SDKs parse."""
+    return web.Response(
+        status=status,
+        text=json.dumps(error_body(status, message)),
+        content_type="application/json",
+        headers=_headers(retry_after),
+    )
 
 
 def _headers(retry_after: int | None) -> dict[str, str] | None:
@@ -67,6 +83,8 @@ def ollama_error(status: int, message: str, retry_after: int | None = None) -> w
 
 def api_error(request: web.Request, status: int, message: str) -> web.Response:
     """An error in the shape of the API the request hit."""
+    if is_anthropic(request):
+        return anthropic_error(status, message)
     return openai_error(status, message) if is_openai(request) else ollama_error(status, message)
 
 

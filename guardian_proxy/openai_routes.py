@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
-from guardian_proxy import request_limits, validate
+from guardian_proxy import openai_chat, request_limits, validate
 from guardian_proxy.auth import allowed_models, check_model_scope
 from guardian_proxy.cache_isolation import isolating, without_reuse
 from guardian_proxy.context import ProxyContext, ctx_of
@@ -57,6 +57,14 @@ def make_relay(path: str, check: Callable[[dict[str, Any]], str | None]) -> Any:
         body, payload = parsed
         if (problem := check(payload)) is not None:
             return openai_error(400, problem)
+        if chat:
+            try:
+                mapped = openai_chat.apply_reasoning(payload)
+            except ValueError as e:
+                return openai_error(400, str(e), param="reasoning_effort")
+            if mapped is not None:
+                payload = mapped
+                body = json.dumps(payload).encode()
         pc = ctx_of(request)
         check_model_scope(request, payload["model"])
         if embeddings and (refusal := await _embeddings_refusal(pc, payload["model"])):
@@ -73,7 +81,12 @@ def make_relay(path: str, check: Callable[[dict[str, Any]], str | None]) -> Any:
                 leased(pc.link, payload["model"], progress=progress) as lease,
                 upstream(pc.session, lease, path, body, stream=stream) as up,
             ):
-                return await pipe(request, up, lease.model, progress.resp if progress else None)
+                filters: dict[str, Any] = (
+                    {"body_filter": openai_chat.rewrite_body, "stream_filter": openai_chat.SseUsageRewriter()}
+                    if chat
+                    else {}
+                )
+                return await pipe(request, up, lease.model, progress.resp if progress else None, **filters)
         except (GuardianError, UpstreamError) as e:
             if progress is not None and progress.resp is not None:  # the stream has begun
                 status = e.code.http_status if isinstance(e, GuardianError) else e.status

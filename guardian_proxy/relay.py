@@ -10,9 +10,9 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 from aiohttp import web
@@ -106,12 +106,27 @@ def sse_error_event(message: str, status: int = 500) -> bytes:
     return b"data: " + json.dumps(err).encode() + b"\n\n"
 
 
+class StreamFilter(Protocol):
+    """Rewrites a relayed stream read by read (see openai_chat.SseUsageRewriter)."""
+
+    def feed(self, chunk: bytes) -> bytes: ...
+
+    def close(self) -> bytes: ...
+
+
 async def pipe(
-    request: web.Request, up: aiohttp.ClientResponse, model: str, resp: web.StreamResponse | None = None
+    request: web.Request,
+    up: aiohttp.ClientResponse,
+    model: str,
+    resp: web.StreamResponse | None = None,
+    *,
+    body_filter: Callable[[bytes], bytes] | None = None,
+    stream_filter: StreamFilter | None = None,
 ) -> web.StreamResponse:
     """Answer with llama-server's response: streams chunk by chunk, JSON as one body.
 
     `resp`: a stream already started (loading progress); an error answer then goes in-band.
+    `body_filter` rewrites a whole 200 JSON answer; `stream_filter` each read of a stream.
     """
     ctype = up.headers.get("Content-Type", "application/json")
     if resp is not None and (up.status != 200 or not ctype.startswith("text/event-stream")):
@@ -122,6 +137,8 @@ async def pipe(
         body = await up.read()
         if up.status == 200:
             metrics.note_usage_in_json_tail(body)  # once per answer, only its last object
+            if body_filter is not None:
+                body = body_filter(body)
         return web.Response(body=body, status=up.status, headers={"Content-Type": ctype})
     if resp is None:
         resp = ClientStream(status=up.status, headers=STREAM_HEADERS)
@@ -132,8 +149,14 @@ async def pipe(
         async for chunk in up.content.iter_any():
             if not last:
                 metrics.note_first_byte()
-            await resp.write(chunk)
             prev, last = last, chunk
+            if stream_filter is not None:
+                chunk = stream_filter.feed(chunk)
+                if not chunk:
+                    continue
+            await resp.write(chunk)
+        if stream_filter is not None and (rest := stream_filter.close()):
+            await resp.write(rest)
     except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as e:
         # llama-server died or stalled mid-stream: tell the client in-band, the status is sent.
         await write_quietly(

@@ -45,6 +45,8 @@ class ProxySettings:
     # A streaming client that takes no bytes for this long is dropped and its lease released
     # (guardian_proxy/client_stream.py): a stuck reader must not block swaps or unloads.
     write_timeout_s: float = 30.0
+    # What /api/version answers: clients gate features on it (tools refuse older versions).
+    ollama_version: str = "0.35.1"
 
     def validate(self) -> Problem:
         for key in ("port", "ui_port"):
@@ -62,6 +64,9 @@ class ProxySettings:
                 return key, "must be between 0 and 3600 seconds"
         if self.max_messages < 1:
             return "max_messages", "must be a positive number of messages per request"
+        if not re.fullmatch(r"\d+\.\d+\.\d+", self.ollama_version):
+            # clients parse it as numbers (Open WebUI: a `+build` or `-rc` suffix breaks them)
+            return "ollama_version", "must be a dotted version of three numbers, like 0.35.1"
         return None
 
 

@@ -17,11 +17,12 @@ from guardian_proxy.ollama.errors import OllamaError, require_model, type_error
 from guardian_proxy.ollama.fields import (
     chat_response_format,
     logprob_params,
+    parse_flag,
     parse_format,
     parse_logprobs,
     parse_stream,
     parse_think,
-    think_template_kwargs,
+    think_params,
 )
 from guardian_proxy.ollama.images import image_part
 from guardian_proxy.ollama.options import map_options, stray_root_options
@@ -56,6 +57,10 @@ class ChatPlan:
     """The validated `think`; truthy on a model without thinking → `unsupported_capability`."""
     has_images: bool = False
     top_logprobs: int = 0
+    truncate: bool = True
+    """Ollama's `truncate` (default true): drop the oldest messages when the prompt does not fit."""
+    shift: bool = True
+    """Ollama's `shift`: validated and kept; llama-server's own --context-shift decides (see README)."""
 
     def translator(self, *, emit: bool = True) -> ChatStreamTranslator:
         """A translator for this request's answer (`emit=False` to aggregate a non-stream answer)."""
@@ -152,6 +157,36 @@ def _pair_tool_result(
         converted["name"] = name
 
 
+# What llama-server says when the prompt is longer than the context (upstream's 400
+# exceed_context_size_error; ik's 500 "the request exceeds the available context size").
+_OVERFLOW_MARKS = ("exceeds the available context size", "exceed_context_size", "context_length_exceeded")
+PROMPT_TOO_LONG = (
+    "the prompt is longer than the context length currently available to the model; shorten the "
+    "prompt, adjust the context length in settings, or use a model with a longer context length"
+)
+
+
+def is_context_overflow(message: str) -> bool:
+    """Whether a llama-server error says the prompt does not fit the context."""
+    return any(mark in message for mark in _OVERFLOW_MARKS)
+
+
+def drop_oldest_message(messages: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+    """Ollama's truncation step: the messages without the oldest non-system one.
+
+    System messages stay where they are and the last message is never dropped (as Ollama's
+    chatPrompt); a tool result whose call was dropped goes with it. None: nothing left to drop.
+    """
+    last = len(messages) - 1
+    for i, msg in enumerate(messages[:last]):
+        if msg.get("role") != "system":
+            j = i + 1
+            while j < last and messages[j].get("role") == "tool":
+                j += 1  # results without their call would not render
+            return messages[:i] + messages[j:]
+    return None
+
+
 def build_chat_request(
     body: Mapping[str, Any],
     *,
@@ -200,6 +235,8 @@ def build_chat_request(
         has_tools=tools is not None,
         think=think,
         top_logprobs=top_logprobs if logprobs else 0,
+        truncate=parse_flag(body, "truncate", "ChatRequest") is not False,
+        shift=parse_flag(body, "shift", "ChatRequest") is not False,
     )
     if not messages:
         return plan
@@ -216,9 +253,7 @@ def build_chat_request(
     response_format = chat_response_format(fmt)
     if response_format is not None:
         out["response_format"] = response_format
-    kwargs = think_template_kwargs(think)
-    if kwargs is not None:
-        out["chat_template_kwargs"] = kwargs
+    out.update(think_params(think))
     out.update(logprob_params(logprobs, top_logprobs, native=False))
     plan.body = out
     return plan

@@ -66,6 +66,73 @@ def think_template_kwargs(think: bool | str | None) -> dict[str, Any] | None:
     return {"enable_thinking": think}
 
 
+# Thinking budgets (tokens) per level for `thinking_budget_tokens`, which both forks read per
+# request (it takes effect when llama-server runs without --reasoning-budget, Guardian's default).
+# "max" sets none: unlimited. Templates that know an effort scale get `reasoning_effort` as well.
+THINK_BUDGETS: dict[str, int] = {"low": 1024, "medium": 4096, "high": 16384}
+
+
+def think_params(think: bool | str | None) -> dict[str, Any]:
+    """The llama-server request fields for `think` (empty when unset: the model's default).
+
+    Both forks: `chat_template_kwargs.enable_thinking` (the template switch, exactly what
+    Ollama's bridge sends) and `thinking_budget_tokens` (0 ends a thinking block at once, so
+    "off" holds even for a template that ignores enable_thinking). Upstream also reads a
+    top-level `reasoning_effort` for templates with an effort scale (gpt-oss: low|medium|high,
+    so "max" is sent as "high" there); ik ignores it.
+    """
+    kwargs = think_template_kwargs(think)
+    if kwargs is None:
+        return {}
+    out: dict[str, Any] = {"chat_template_kwargs": kwargs}
+    if think is False:
+        out["thinking_budget_tokens"] = 0
+    elif isinstance(think, str):
+        out["reasoning_effort"] = "high" if think == "max" else think
+        if think in THINK_BUDGETS:
+            out["thinking_budget_tokens"] = THINK_BUDGETS[think]
+    return out
+
+
+# OpenAI's effort scale → Ollama's think (as Ollama's openai layer clamps it): the ends of
+# OpenAI's scale and clients' own tiers map to the nearest level instead of a 400.
+_EFFORT_TO_THINK: dict[str, bool | str] = {
+    "none": False,
+    "minimal": "low",
+    "low": "low",
+    "medium": "medium",
+    "high": "high",
+    "max": "max",
+    "xhigh": "max",
+    "ultra": "max",
+}
+
+
+def think_from_effort(effort: object) -> bool | str | None:
+    """`reasoning_effort` / `reasoning.effort` → a think value; None for absent or "".
+
+    Raises ValueError naming the accepted values for anything else.
+    """
+    if effort is None or effort == "":
+        return None
+    if isinstance(effort, str) and effort in _EFFORT_TO_THINK:
+        return _EFFORT_TO_THINK[effort]
+    raise ValueError(
+        f"invalid reasoning effort {json.dumps(effort)}: use one of "
+        + ", ".join(f'"{e}"' for e in _EFFORT_TO_THINK)
+    )
+
+
+def parse_flag(body: Mapping[str, Any], key: str, struct: str) -> bool | None:
+    """An optional boolean (`truncate`, `shift`): None when absent or null, 400 for another type."""
+    value = body.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, bool):
+        raise type_error(struct, key, value, "bool")
+    return value
+
+
 def _invalid_format(value: object) -> OllamaError:
     raw = json.dumps(value, ensure_ascii=False)
     return OllamaError(

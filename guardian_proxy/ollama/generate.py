@@ -42,6 +42,7 @@ from guardian_proxy.ollama.fields import (
     parse_logprobs,
     parse_stream,
     parse_think,
+    think_params,
     think_template_kwargs,
 )
 from guardian_proxy.ollama.images import image_base64, image_part
@@ -289,6 +290,7 @@ def _plan_chat(
         body["response_format"] = response_format
     if kwargs is not None:
         body["chat_template_kwargs"] = kwargs
+    body.update(think_params(plan.think))
     body.update(logprob_params(logprobs, top_logprobs, native=False))
     plan.mode, plan.endpoint, plan.upstream, plan.body = "chat", "/v1/chat/completions", "chat", body
     plan.render_body = render

@@ -108,8 +108,10 @@ class _Translator:
         prompt_eval_count = timings.prompt_n + timings.cache_n (Ollama's own mapping). ik
         builds have no cache_n and count only new tokens in prompt_n, so then the larger of
         prompt_n and llama-server's total prompt count (usage / tokens_evaluated) is used.
+        `prompt_eval_cached_count` (Guardian's addition) is the part of prompt_eval_count that
+        came from the prompt cache; prompt_eval_duration covers only the rest.
         """
-        prompt_count = prompt_ns = eval_count = eval_ns = 0
+        prompt_count = prompt_ns = eval_count = eval_ns = cached = 0
         t = self._timings
         if t:
             prompt_n = _as_int(t.get("prompt_n"))
@@ -117,6 +119,7 @@ class _Translator:
             prompt_count = (
                 prompt_n + _as_int(cache_n) if cache_n is not None else max(prompt_n, self._prompt_total)
             )
+            cached = prompt_count - prompt_n  # taken from the KV cache, not evaluated
             prompt_ns = int(_as_float(t.get("prompt_ms")) * 1e6)
             eval_count = _as_int(t.get("predicted_n"))
             eval_ns = int(_as_float(t.get("predicted_ms")) * 1e6)
@@ -129,6 +132,7 @@ class _Translator:
             ("total_duration", int(total_duration)),
             ("load_duration", int(load_duration)),
             ("prompt_eval_count", prompt_count),
+            ("prompt_eval_cached_count", cached),
             ("prompt_eval_duration", prompt_ns),
             ("eval_count", eval_count),
             ("eval_duration", eval_ns),

@@ -19,6 +19,7 @@ def add_routes(app: web.Application, pc: ProxyContext, version: str) -> None:
     mgmt = models.Management(pc.config.config_dir / "models.yaml")
     r = app.router
     r.add_get("/api/version", models.version_handler(version))  # GET also answers HEAD
+    r.add_get("/api/status", models.status)
     r.add_get("/api/tags", models.tags)
     r.add_get("/api/ps", models.ps)
     r.add_post("/api/show", models.show)

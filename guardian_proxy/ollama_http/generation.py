@@ -18,6 +18,7 @@ from guardian_proxy.catalog import Entry
 from guardian_proxy.context import ProxyContext, ctx_of
 from guardian_proxy.loading import Progress, ollama_progress_line
 from guardian_proxy.ollama import (
+    ChatStreamTranslator,
     GeneratePlan,
     OllamaError,
     build_chat_request,
@@ -31,6 +32,7 @@ from guardian_proxy.ollama import (
     think_enabled,
     unsupported_capability,
 )
+from guardian_proxy.ollama.chat import PROMPT_TOO_LONG, drop_oldest_message, is_context_overflow
 from guardian_proxy.ollama_http.common import NDJSON_HEADERS, api, json_response, read_body, resolve
 from guardian_proxy.ollama_http.upstream import (
     check_status,
@@ -97,30 +99,41 @@ async def chat(request: web.Request) -> web.StreamResponse:
             request, NDJSON_HEADERS, lambda text: ollama_progress_line(plan.model, text, now_rfc3339())
         )
     try:
-        async with (
-            leased(pc.link, entry.name, ctx=num_ctx, keep_alive=plan.keep_alive, progress=progress) as lease,
-            open_upstream(
-                pc.session,
-                lease,
-                plan.endpoint,
-                json_bytes(without_reuse(plan.body) if isolating(request) else plan.body),
-                stream=plan.stream,
-            ) as up,
-        ):
-            await check_status(up)
-            load_ns = int(lease.waited_s * 1e9)
-            if plan.stream:
-                t = plan.translator()
+        async with leased(
+            pc.link, entry.name, ctx=num_ctx, keep_alive=plan.keep_alive, progress=progress
+        ) as lease:
+            body = without_reuse(plan.body) if isolating(request) else plan.body
+            while True:
+                async with open_upstream(
+                    pc.session, lease, plan.endpoint, json_bytes(body), stream=plan.stream
+                ) as up:
+                    try:
+                        await check_status(up)
+                    except OllamaError as e:
+                        if not is_context_overflow(e.message):
+                            raise
+                        shorter = drop_oldest_message(body["messages"]) if plan.truncate else None
+                        if shorter is None:  # truncate:false, or only the last message (and system ones) left
+                            raise OllamaError(400, f"{PROMPT_TOO_LONG} (llama-server: {e.message})") from None
+                        # llama-server refuses an oversized prompt after tokenizing it, before any
+                        # evaluation, so each try is cheap (Ollama renders and tokenizes per step too).
+                        body = {**body, "messages": shorter}
+                        continue
+                    load_ns = int(lease.waited_s * 1e9)
+                    if plan.stream:
+                        t = plan.translator()
 
-                async def finish() -> list[dict[str, Any]]:
-                    return t.finish(total_duration=_ns_since(t0), load_duration=load_ns)
+                        async def finish(
+                            t: ChatStreamTranslator = t, load_ns: int = load_ns
+                        ) -> list[dict[str, Any]]:
+                            return t.finish(total_duration=_ns_since(t0), load_duration=load_ns)
 
-                return await relay_ndjson(
-                    request, up, lease.model, t.feed, finish, progress.resp if progress else None
-                )
-            agg = plan.translator(emit=False)
-            agg.feed(await read_json(up))
-            return json_response(agg.result(total_duration=_ns_since(t0), load_duration=load_ns))
+                        return await relay_ndjson(
+                            request, up, lease.model, t.feed, finish, progress.resp if progress else None
+                        )
+                    agg = plan.translator(emit=False)
+                    agg.feed(await read_json(up))
+                    return json_response(agg.result(total_duration=_ns_since(t0), load_duration=load_ns))
     except (OllamaError, GuardianError, UpstreamError) as e:
         if progress is None or progress.resp is None:
             raise  # nothing sent yet: @api answers with the status

@@ -42,6 +42,15 @@ def version_handler(version: str) -> Handler:
     return api_version
 
 
+# Ollama's GET /api/status (api.StatusResponse): whether cloud models are off and why. Guardian
+# serves only the local models.yaml, so cloud is always off, by its configuration.
+_STATUS = json_bytes({"cloud": {"disabled": True, "source": "config"}})
+
+
+async def status(request: web.Request) -> web.StreamResponse:
+    return web.Response(body=_STATUS, content_type="application/json", charset="utf-8")
+
+
 @api
 async def tags(request: web.Request) -> web.StreamResponse:
     entries = await catalog_of(request).entries()
