@@ -34,8 +34,11 @@ class ProxyContext:
         return configured if configured is not None else self.keys.keys_seen()
 
     async def start(self) -> None:
-        # One pooled session for all upstream calls; keep-alive below cpp-httplib's 5 s.
-        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=4.0, enable_cleanup_closed=True)
+        # One session for all upstream calls, and no keep-alive: llama-server (cpp-httplib) has
+        # a fixed pool of HTTP threads (max(-np + 2, cores - 1)) and an idle kept-alive
+        # connection holds one of them for up to 5 s. Pooled, 8 clients on a 2-core box left 5
+        # of 8 requests waiting ~5 s on a READY model; a loopback connect costs ~0.1 ms.
+        connector = aiohttp.TCPConnector(limit=0, force_close=True, enable_cleanup_closed=True)
         self.session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
 
     async def close(self) -> None:

@@ -128,6 +128,9 @@ class Child:
         self.cwd = cwd  # ik writes llama.log into its working directory
         self.log_path = log_path
         self.lines: deque[str] = deque(maxlen=ring_lines)
+        # The reader thread appends while the loop copies: unguarded, a copy can fail with
+        # "deque mutated during iteration" (seen failing a load under a swap-heavy load).
+        self._lines_lock = threading.Lock()
         self.proc: subprocess.Popen[bytes] | None = None
         self.returncode: int | None = None
         self.stop_requested = False
@@ -142,7 +145,8 @@ class Child:
         return self.proc.pid if self.proc else None
 
     def tail(self, n: int = 20) -> list[str]:
-        return list(self.lines)[-n:]
+        with self._lines_lock:
+            return list(self.lines)[-n:]
 
     async def start(self, env: dict[str, str] | None = None) -> None:
         self.started_at = time.monotonic()
@@ -190,7 +194,9 @@ class Child:
             with proc.stdout:
                 for raw in proc.stdout:
                     log.write(raw)
-                    self.lines.append(raw.decode("utf-8", "replace").rstrip())
+                    line = raw.decode("utf-8", "replace").rstrip()
+                    with self._lines_lock:
+                        self.lines.append(line)
                     if LISTENING_RE.search(raw):
                         self._notify(self.wake.set)
         finally:  # whatever happened above, the exit must be noticed
