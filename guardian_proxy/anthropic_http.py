@@ -29,6 +29,7 @@ from guardian_proxy.anthropic_api.errors import error_body
 from guardian_proxy.anthropic_api.request import CHAT_ENDPOINT, MessagesPlan
 from guardian_proxy.auth import check_model_scope
 from guardian_proxy.cache_isolation import isolating, without_reuse
+from guardian_proxy.client_stream import ClientStream
 from guardian_proxy.context import ProxyContext, ctx_of
 from guardian_proxy.errors_http import anthropic_error
 from guardian_proxy.ollama_http.upstream import BROKEN_STREAM, sse_batches
@@ -106,7 +107,7 @@ def _errors_as_anthropic(fn: Any) -> Any:
 
 
 async def _relay_stream(request: web.Request, up: aiohttp.ClientResponse, model: str) -> web.StreamResponse:
-    resp = web.StreamResponse(headers=STREAM_HEADERS)
+    resp = ClientStream(headers=STREAM_HEADERS)
     await resp.prepare(request)
     translator = MessageStream(model)
     await resp.write(b"".join(sse_event(n, d) for n, d in translator.start()))
