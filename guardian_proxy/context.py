@@ -12,6 +12,7 @@ from guardian_proxy.metrics import ProxyMetrics
 from guardian_proxy.supervisor_link import SupervisorLink
 from shared.config import Config
 from shared.keystore import KeyStore, keys_path
+from shared.llama_http import POOL_PER_SERVER
 
 
 @dataclass
@@ -34,11 +35,11 @@ class ProxyContext:
         return configured if configured is not None else self.keys.keys_seen()
 
     async def start(self) -> None:
-        # One session for all upstream calls, and no keep-alive: llama-server (cpp-httplib) has
-        # a fixed pool of HTTP threads (max(-np + 2, cores - 1)) and an idle kept-alive
-        # connection holds one of them for up to 5 s. Pooled, 8 clients on a 2-core box left 5
-        # of 8 requests waiting ~5 s on a READY model; a loopback connect costs ~0.1 ms.
-        connector = aiohttp.TCPConnector(limit=0, force_close=True, enable_cleanup_closed=True)
+        # One pooled session for all upstream calls; keep-alive below cpp-httplib's 5 s, and
+        # never more connections to one server than it has HTTP threads (shared/llama_http.py).
+        connector = aiohttp.TCPConnector(
+            limit=0, limit_per_host=POOL_PER_SERVER, keepalive_timeout=4.0, enable_cleanup_closed=True
+        )
         self.session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
 
     async def close(self) -> None:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shared.config import Backend, ModelConfig
+from shared.llama_http import http_threads
 
 QUANTIZED_KV = {"q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1", "q6_0", "q8_KV"}
 IK_ONLY_KV = {"q6_0", "q8_KV"}
@@ -186,6 +187,8 @@ def build_argv(
     else:
         argv += ["--jinja"]  # ik: jinja is off by default and tool calls need it
     argv += ["--metrics"]
+    # One thread per pooled proxy connection, and spares (shared/llama_http.py).
+    argv += ["--threads-http", str(http_threads(model.parallel))]
     if ik:
         argv += ["--cache-ram", str(IK_CACHE_RAM_MIB)]
     if not ik:

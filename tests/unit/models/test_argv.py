@@ -160,3 +160,13 @@ def test_reranking_model_starts_with_rerank_on_upstream_only():
     # ik_llama.cpp has no reranking endpoint: the proxy refuses such requests with a 400 instead.
     assert "--rerank" not in build_argv(model(reranking=True), IK, binary="ik", port=1)
     assert "--rerank" not in build_argv(model(), UP, binary="llama-server", port=1)
+
+
+@pytest.mark.parametrize("backend", [IK, UP])
+def test_http_threads_exceed_the_proxy_pool_and_extra_args_still_win(backend):
+    from shared.llama_http import POOL_PER_SERVER
+
+    argv = build_argv(model(parallel=4), backend, binary="x", port=1)
+    assert int(flag(argv, "--threads-http") or 0) == POOL_PER_SERVER + 4 + 4  # pool, slots, spares
+    argv = build_argv(model(extra_args="--threads-http 99"), backend, binary="x", port=1)
+    assert argv[-2:] == ["--threads-http", "99"]  # later on the line: llama-server takes the last
