@@ -256,7 +256,9 @@ class VramPlanner:
         """Record what llama-server reported allocating, for next time."""
         if rt.child is None:
             return
-        meas: Measured = parse_buffer_lines(rt.child.lines)
+        # A copy: the child's reader thread keeps appending to the ring while we parse (a
+        # chatty ik server did, mid-loop: "deque mutated during iteration" failed the load).
+        meas: Measured = parse_buffer_lines(list(rt.child.lines))
         if meas.source == "none":
             return
         record = {
