@@ -154,22 +154,21 @@ CARRY = [
 
 @pytest.mark.parametrize("m", CARRY)
 def test_carry_over_across_a_swap(g: Guardian, m: str) -> None:
-    if True:
-        # Raw completions: the follow-up's tokens start with the first prompt's, exactly.
-        first = complete(g, m, LONG, 4)  # the slot's last conversation
-        n_prompt = first["usage"]["prompt_tokens"]
-        assert n_prompt > 1000
-        chat(g, UP if m == IK else IK, [{"role": "user", "content": "hi"}])  # swap m out, its slot saved
-        second = complete(g, m, LONG + first["choices"][0]["text"] + " And then?", 4)
-        prompt_n = second["timings"]["prompt_n"]
-        # The restored slot held the whole first turn: only the new turn is read.
-        assert prompt_n < 0.1 * second["usage"]["prompt_tokens"], second["timings"]
-        restored = [ln for ln in g.log().splitlines() if "session_restored" in ln and f"model={m} " in ln]
-        assert restored, f"no session_restored for {m}:\n{g.log()[-3000:]}"
-        fields = dict(re.findall(r"(\w+)=(\S+)", restored[-1]))
-        # ik lists no slot token count: the reply's n_restored is all it reports ("unknown").
-        assert fields["check"] in (("unknown",) if m == IK else ("verified", "unknown")), restored[-1]
-        assert int(fields["n_restored"]) >= n_prompt, restored[-1]
+    # Raw completions: the follow-up's tokens start with the first prompt's, exactly.
+    first = complete(g, m, LONG, 4)  # the slot's last conversation
+    n_prompt = first["usage"]["prompt_tokens"]
+    assert n_prompt > 1000
+    chat(g, UP if m == IK else IK, [{"role": "user", "content": "hi"}])  # swap m out, its slot saved
+    second = complete(g, m, LONG + first["choices"][0]["text"] + " And then?", 4)
+    prompt_n = second["timings"]["prompt_n"]
+    # The restored slot held the whole first turn: only the new turn is read.
+    assert prompt_n < 0.1 * second["usage"]["prompt_tokens"], second["timings"]
+    restored = [ln for ln in g.log().splitlines() if "session_restored" in ln and f"model={m} " in ln]
+    assert restored, f"no session_restored for {m}:\n{g.log()[-3000:]}"
+    fields = dict(re.findall(r"(\w+)=(\S+)", restored[-1]))
+    # ik lists no slot token count: the reply's n_restored is all it reports ("unknown").
+    assert fields["check"] in (("unknown",) if m == IK else ("verified", "unknown")), restored[-1]
+    assert int(fields["n_restored"]) >= n_prompt, restored[-1]
 
 
 @pytest.mark.parametrize("model", FLAVORS)
