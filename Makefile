@@ -16,6 +16,7 @@ WHEEL_STAMP    := $(WHEEL_DIR)/.built
 STAMP  := $(VENV)/.guardian-installed
 IK_BIN := $(VENV)/bin/llama-server-ik
 GEMMA  := data/models/gemma-3-270m-q4_k_m.gguf
+TERMS  := data/models/GEMMA_TERMS.html
 
 .PHONY: install models run test lint typecheck unit bench clean browser
 
@@ -43,7 +44,11 @@ install: $(STAMP) $(IK_BIN)
 $(GEMMA): bin/fetch-real-model | $(STAMP)
 	$(PY) bin/fetch-real-model $(GEMMA)
 
-models: install $(GEMMA)
+# The terms ship with the model: copied even when the GGUF was already there.
+$(TERMS): | $(GEMMA)
+	$(PY) bin/fetch-real-model --terms-only $(GEMMA)
+
+models: install $(GEMMA) $(TERMS)
 	$(PY) -m guardian_supervisor.demo_models data/models
 
 run: models

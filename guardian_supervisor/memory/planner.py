@@ -394,6 +394,7 @@ class VramPlanner:
         """Record what llama-server reported allocating, for next time."""
         if rt.child is None:
             return
+        # A copy under the ring's lock: the reader thread keeps appending while we parse.
         meas: Measured = parse_buffer_lines(rt.child.tail(rt.child.lines.maxlen or 200))
         if meas.source == "none":
             return
