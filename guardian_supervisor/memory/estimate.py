@@ -5,8 +5,9 @@ overhead); `parse_buffer_lines` reads what llama-server actually allocated from 
 (upstream prints these lines only at `-lv 4`; ik_llama.cpp prints them by default).
 
 The compute-buffer formula was fitted against upstream llama-server build 11434 (CPU) on
-dense llama-architecture models; see `_compute_bytes`. MLA, SWA, recurrent and MoE
-models are not modelled specially: their KV and compute figures are rough.
+dense llama-architecture models; see `_compute_bytes`. Sliding-window attention is modelled
+(`swa_cells`, measured exact on Gemma 3). MLA, recurrent/hybrid and MoE models are not
+modelled specially yet: their KV and compute figures are rough.
 """
 
 from __future__ import annotations
@@ -111,6 +112,7 @@ def estimate(
     flavor: str = "upstream",
     overhead_bytes: int | None = None,
     host_cache_bytes: int = 0,
+    swa_full: bool = False,
 ) -> Estimate:
     """Predict the memory llama-server needs for `info` at `-c ctx` (total over `-np` slots).
 
@@ -120,6 +122,7 @@ def estimate(
     CPU-only run: every tensor counts and the overhead defaults to 0. `host_cache_bytes`
     (ik's --cache-ram) is host memory: it counts in the total of a CPU-only run only.
     A quantized V cache (`kv_type_v`, default = kv_type) needs flash attention.
+    Sliding-window layers (upstream only, unless `swa_full`) hold `swa_cells` cells: see there.
     """
     if ctx < 1 or n_parallel < 1 or n_ubatch < 1 or n_batch < 1:
         raise ValueError("ctx, n_parallel, n_batch and n_ubatch must be positive")
@@ -127,15 +130,22 @@ def estimate(
         raise ValueError(f"flavor must be 'upstream' or 'ik', not {flavor!r}")
     v_type = kv_type_v or kv_type
     cells = -(-ctx // KV_CTX_PAD) * KV_CTX_PAD
+    swa = swa_cells(info, cells, n_parallel, n_ubatch, kv_unified, flavor, swa_full)
+    is_swa = list(info.swa_layers) + [False] * info.n_layer
     kv_per_layer = [
-        cells * (kv_row_bytes(kv_type, h * info.key_length) + kv_row_bytes(v_type, h * info.value_length))
-        for h in info.n_head_kv[: info.n_layer]
+        (swa if is_swa[il] else cells)
+        * (kv_row_bytes(kv_type, h * info.key_length) + kv_row_bytes(v_type, h * info.value_length))
+        for il, h in enumerate(info.n_head_kv[: info.n_layer])
     ]
     nonrepeating = info.nonrepeating_bytes
     if gpu and info.tensor_bytes("output.weight"):
         nonrepeating -= info.tensor_bytes("token_embd.weight")  # input embeddings stay on host
     weights = sum(info.layer_bytes) + nonrepeating
     compute = _compute_bytes(info, cells, n_parallel, n_batch, n_ubatch, flash_attn, kv_unified, flavor)
+    if flash_attn and swa != cells and any(info.swa_layers):
+        # the SWA cache has its own f16 mask, ubatch x cells of one stream
+        streams = 1 if kv_unified else n_parallel
+        compute += min(n_ubatch, n_batch, cells) * (swa // streams) * 2
     output = n_parallel * info.n_vocab * 4  # logits buffer: one f32 row per sequence
     overhead = overhead_bytes if overhead_bytes is not None else (DEFAULT_GPU_OVERHEAD if gpu else 0)
     kv = sum(kv_per_layer)
@@ -153,6 +163,25 @@ def estimate(
         total_bytes=weights + kv + compute + output + overhead + host_cache,
         host_cache_bytes=host_cache,
     )
+
+
+def swa_cells(
+    info: ModelInfo, cells: int, n_parallel: int, n_ubatch: int, kv_unified: bool, flavor: str, swa_full: bool
+) -> int:
+    """KV cells (all streams together) of the sliding-window layers' cache.
+
+    Upstream's llama_kv_cache_iswa gives each stream min(its share of the context,
+    pad256(window x sequences-in-the-stream + ubatch)): the window of every sequence plus
+    one ubatch being written (measured on Gemma 3 270M: 1024 cells at -c 4096..8192 -np 1,
+    1536 unified with -np 2, 2 x 1024 split with -np 2). `--swa-full`, models without SWA,
+    and ik_llama.cpp (whose Gemma 3 cache is full-size on every layer, measured) get `cells`.
+    """
+    if not info.sliding_window or not any(info.swa_layers) or swa_full or flavor == "ik":
+        return cells
+    streams = 1 if kv_unified else n_parallel
+    per_stream = cells // streams
+    want = info.sliding_window * (n_parallel if kv_unified else 1) + n_ubatch
+    return streams * min(per_stream, -(-want // KV_CTX_PAD) * KV_CTX_PAD)
 
 
 def _compute_bytes(

@@ -98,6 +98,8 @@ class ModelInfo:
     tensors: tuple[TensorInfo, ...] = field(repr=False)
     arrays_kept: bool = False
     reader: str = "native"  # "native" (_parse_header) or "gguf-py" (gguf.GGUFReader)
+    sliding_window: int = 0  # {arch}.attention.sliding_window; 0 = no sliding-window attention
+    swa_layers: tuple[bool, ...] = ()  # per layer: True where the layer attends to the window only
 
     @property
     def quantization_level(self) -> str:
@@ -408,7 +410,28 @@ def _build(path: Path, file_size: int, raw: _Raw, keep_arrays: bool) -> ModelInf
         tensors=tuple(raw.tensors),
         arrays_kept=keep_arrays,
         reader=raw.reader,
+        sliding_window=int(get("attention.sliding_window") or 0),
+        swa_layers=_swa_layers(
+            arch, get("attention.sliding_window") or 0, get("attention.sliding_window_pattern"), n_layer
+        ),
     )
+
+
+# Architectures whose SWA layer pattern llama-model.cpp hard-codes (`set_swa_pattern(n)`: every
+# n-th layer, the last of each group, is global); a GGUF array `sliding_window_pattern` wins.
+_SWA_PERIOD: dict[str, int] = {"gemma3": 6, "gemma2": 2, "gpt-oss": 2, "cohere2": 4}
+
+
+def _swa_layers(arch: str, window: Any, pattern: Any, n_layer: int) -> tuple[bool, ...]:
+    """Which layers use sliding-window attention (llama_hparams::is_swa)."""
+    if not window or n_layer < 1:
+        return ()
+    if isinstance(pattern, list) and len(pattern) >= n_layer:
+        return tuple(bool(v) for v in pattern[:n_layer])
+    period = int(pattern) if isinstance(pattern, int) and pattern > 0 else _SWA_PERIOD.get(arch, 0)
+    if period <= 1:
+        return ()  # window given but no known pattern: model it as full attention (an upper bound)
+    return tuple(il % period < period - 1 for il in range(n_layer))
 
 
 def _per_layer(value: Any, n_layer: int) -> list[int]:

@@ -61,11 +61,13 @@ def http(url: str, body: dict[str, Any] | None = None, timeout: float = 10) -> t
 
 
 @contextmanager
-def llama_server(model: Path, log: Path, *args: str) -> Iterator[str]:
-    """Start llama-server on a free port, wait for /health 200, yield its URL; stop it after."""
-    assert LLAMA_SERVER is not None
+def llama_server(model: Path, log: Path, *args: str, binary: Path | None = None) -> Iterator[str]:
+    """Start llama-server (`binary`, default upstream's) on a free port, wait for /health 200,
+    yield its URL; stop it after."""
+    binary = binary or LLAMA_SERVER
+    assert binary is not None
     port = free_port()
-    argv = [str(LLAMA_SERVER), "-m", str(model), "--host", "127.0.0.1", "--port", str(port)]
+    argv = [str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(port)]
     with open(log, "wb") as out:
         proc = subprocess.Popen([*argv, *args], stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"

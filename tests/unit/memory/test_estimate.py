@@ -15,6 +15,7 @@ from guardian_supervisor.memory.estimate import (
     is_host_buffer,
     kv_row_bytes,
     parse_buffer_lines,
+    swa_cells,
 )
 from guardian_supervisor.memory.gguf_info import ModelInfo, read_model_info
 
@@ -269,3 +270,62 @@ def test_ik_host_prompt_cache_counts_on_cpu_only(tiny: ModelInfo) -> None:
     on_gpu = estimate(tiny, ctx=512, gpu=True, flavor="ik", host_cache_bytes=1024 * 2**20)
     assert on_gpu.host_cache_bytes == 0  # host RAM, not VRAM
     assert capped.to_dict()["host_cache_mib"] == 1024.0
+
+
+# --- sliding-window attention (figures measured on Gemma 3 270M, upstream and ik) ----------
+
+
+@pytest.fixture(scope="module")
+def gemma() -> ModelInfo:
+    path = Path(__file__).resolve().parents[3] / "data" / "models" / "gemma-3-270m-q4_k_m.gguf"
+    if not path.exists():
+        pytest.skip(f"{path} missing: run 'make models'")
+    return read_model_info(path)
+
+
+def test_gemma3_swa_layer_pattern(gemma: ModelInfo) -> None:
+    assert gemma.sliding_window == 512
+    assert len(gemma.swa_layers) == 18
+    assert [il for il, swa in enumerate(gemma.swa_layers) if not swa] == [5, 11, 17]  # 5 local : 1 global
+
+
+# (ctx, -np, unified, ubatch, swa_full, SWA cells llama-server printed)
+SWA_CELLS = [
+    (4096, 1, False, 512, False, 1024),
+    (1000, 1, False, 512, False, 1024),  # min(context, window + ubatch)
+    (8192, 1, False, 256, False, 768),
+    (8192, 2, False, 512, False, 2 * 1024),
+    (8192, 2, True, 512, False, 1536),
+    (8192, 4, True, 512, False, 2560),
+    (8192, 1, False, 512, True, 8192),
+]
+
+
+@pytest.mark.parametrize(("ctx", "n_par", "unified", "ub", "full", "cells"), SWA_CELLS)
+def test_swa_cells_match_llama_server(
+    gemma: ModelInfo, ctx: int, n_par: int, unified: bool, ub: int, full: bool, cells: int
+) -> None:
+    padded = -(-ctx // 256) * 256
+    assert swa_cells(gemma, padded, n_par, ub, unified, "upstream", full) == cells
+    assert swa_cells(gemma, padded, n_par, ub, unified, "ik", full) == padded  # ik: full size
+
+
+@pytest.mark.parametrize(
+    ("ctx", "kv", "n_par", "unified", "kv_mib", "compute_mib"),
+    [
+        (4096, "f16", 1, False, 27.0, 23.28),  # printed: 12.00 + 15.00 MiB KV, 23.28 compute
+        (8192, "q8_0", 1, False, 12.75 + 7.97, 27.81),
+        (8192, "f16", 2, True, 24.0 + 22.5, 27.78),
+        (8192, "f16", 4, True, 24.0 + 37.5, 28.78),
+    ],
+)
+def test_gemma3_kv_and_compute(
+    gemma: ModelInfo, ctx: int, kv: str, n_par: int, unified: bool, kv_mib: float, compute_mib: float
+) -> None:
+    e = estimate(gemma, ctx=ctx, kv_type=kv, n_parallel=n_par, kv_unified=unified, gpu=False)
+    assert abs(e.kv_bytes / MIB - kv_mib) <= 0.02
+    assert abs(e.compute_bytes / MIB / compute_mib - 1) <= 0.025  # q8_0 adds ~0.5 MiB unmodelled
+    full = estimate(
+        gemma, ctx=ctx, kv_type=kv, n_parallel=n_par, kv_unified=unified, gpu=False, swa_full=True
+    )
+    assert full.kv_bytes > e.kv_bytes
