@@ -24,8 +24,9 @@ import aiohttp
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
-from bench.proxy_overhead import _ready, stream_rate  # noqa: E402
+from proxy_overhead import _ready, stream_rate  # noqa: E402
 from tests.harness import VENV_BIN, Guardian  # noqa: E402
 
 GEMMA = ROOT / "data" / "models" / "gemma-3-270m-q4_k_m.gguf"
@@ -35,7 +36,13 @@ PROMPT = [{"role": "user", "content": "Write a long story about a lighthouse kee
 
 async def measure(g: Guardian, runs: int, gen_tokens: int) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
-    body = {"messages": PROMPT, "max_tokens": gen_tokens, "stream": True, "ignore_eos": True, "temperature": 0}
+    body = {
+        "messages": PROMPT,
+        "max_tokens": gen_tokens,
+        "stream": True,
+        "ignore_eos": True,
+        "temperature": 0,
+    }
     gv1 = g.url + "/v1/chat/completions"
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as s:
         for flavor, name in FLAVORS.items():
@@ -78,7 +85,12 @@ def main() -> None:
         os.chdir(tmp)  # ik started by hand writes llama.log into its working directory
         models = {
             "gemma-ik": {"path": str(GEMMA), "context": 2048, "backend": "ik_fork", "chat_template": "gemma"},
-            "gemma-up": {"path": str(GEMMA), "context": 2048, "backend": "official", "chat_template": "gemma"},
+            "gemma-up": {
+                "path": str(GEMMA),
+                "context": 2048,
+                "backend": "official",
+                "chat_template": "gemma",
+            },
         }
         settings = {
             "backends": {"ik_fork": {"binary": str(ik), "flavor": "ik"}},
