@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from proxy_overhead import _ready, stream_rate  # noqa: E402
+
 from tests.harness import VENV_BIN, Guardian  # noqa: E402
 
 GEMMA = ROOT / "data" / "models" / "gemma-3-270m-q4_k_m.gguf"
