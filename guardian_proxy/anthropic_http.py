@@ -32,6 +32,7 @@ from guardian_proxy.cache_isolation import isolating, without_reuse
 from guardian_proxy.client_stream import ClientStream
 from guardian_proxy.context import ProxyContext, ctx_of
 from guardian_proxy.errors_http import anthropic_error
+from guardian_proxy.loading import Progress
 from guardian_proxy.ollama_http.upstream import BROKEN_STREAM, sse_batches
 from guardian_proxy.relay import STREAM_HEADERS, UpstreamError, leased, upstream, write_quietly
 from guardian_proxy.supervisor_link import Lease
@@ -106,11 +107,18 @@ def _errors_as_anthropic(fn: Any) -> Any:
     return handler
 
 
-async def _relay_stream(request: web.Request, up: aiohttp.ClientResponse, model: str) -> web.StreamResponse:
-    resp = ClientStream(headers=STREAM_HEADERS)
-    await resp.prepare(request)
-    translator = MessageStream(model)
-    await resp.write(b"".join(sse_event(n, d) for n, d in translator.start()))
+async def _relay_stream(
+    request: web.Request,
+    up: aiohttp.ClientResponse,
+    model: str,
+    translator: MessageStream,
+    resp: web.StreamResponse | None,
+) -> web.StreamResponse:
+    """`resp` given: loading progress already began the message (and its thinking block)."""
+    if resp is None:
+        resp = ClientStream(headers=STREAM_HEADERS)
+        await resp.prepare(request)
+        await resp.write(b"".join(sse_event(n, d) for n, d in translator.start()))
     try:
         async for chunks in sse_batches(up):
             events = [e for c in chunks for e in translator.feed(c)]
@@ -127,24 +135,52 @@ async def _relay_stream(request: web.Request, up: aiohttp.ClientResponse, model:
     return resp
 
 
+def _progress(request: web.Request, translator: MessageStream) -> Progress:
+    """Loading ticks as thinking deltas of the message the answer then continues."""
+    sent = [False]
+
+    def render(text: str) -> bytes:
+        first, sent[0] = not sent[0], True
+        return b"".join(sse_event(n, d) for n, d in translator.progress(text, first))
+
+    return Progress(request, STREAM_HEADERS, render)
+
+
 @_errors_as_anthropic
 async def messages(request: web.Request) -> web.StreamResponse:
     plan = await _plan(request, count_only=False)
     pc = ctx_of(request)
     body = without_reuse(plan.body) if isolating(request) else plan.body
-    async with (
-        leased(pc.link, plan.model) as lease,
-        upstream(pc.session, lease, CHAT_ENDPOINT, json.dumps(body).encode(), stream=plan.stream) as up,
-    ):
-        if up.status != 200:
-            raise _upstream_failure(up.status, await up.read())
-        if plan.stream:
-            return await _relay_stream(request, up, plan.model)
-        try:
-            answer = json.loads(await up.read())
-        except ValueError as e:
-            raise AnthropicError(502, f"llama-server sent an answer that is not JSON: {e}") from None
-        return web.json_response(message_from_openai(answer, plan.model))
+    translator = MessageStream(plan.model)
+    progress = (
+        _progress(request, translator) if plan.stream and pc.config.settings.proxy.loading_progress else None
+    )
+    try:
+        async with (
+            leased(pc.link, plan.model, progress=progress) as lease,
+            upstream(pc.session, lease, CHAT_ENDPOINT, json.dumps(body).encode(), stream=plan.stream) as up,
+        ):
+            if up.status != 200:
+                raise _upstream_failure(up.status, await up.read())
+            if plan.stream:
+                return await _relay_stream(
+                    request, up, plan.model, translator, progress.resp if progress else None
+                )
+            try:
+                answer = json.loads(await up.read())
+            except ValueError as e:
+                raise AnthropicError(502, f"llama-server sent an answer that is not JSON: {e}") from None
+            return web.json_response(message_from_openai(answer, plan.model))
+    except (AnthropicError, GuardianError, UpstreamError) as e:
+        if progress is None or progress.resp is None:
+            raise  # nothing sent yet: answered with the status, in Anthropic's shape
+        status = e.status if isinstance(e, AnthropicError | UpstreamError) else e.code.http_status
+        await write_quietly(
+            progress.resp, sse_event("error", error_body(status, getattr(e, "message", str(e))))
+        )
+        with contextlib.suppress(ConnectionError, aiohttp.ClientConnectionError):
+            await progress.resp.write_eof()
+        return progress.resp
 
 
 @_errors_as_anthropic

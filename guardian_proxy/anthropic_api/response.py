@@ -139,6 +139,15 @@ class MessageStream:
         }
         return [("message_start", {"type": "message_start", "message": message}), ("ping", {"type": "ping"})]
 
+    def progress(self, text: str, first: bool) -> list[Event]:
+        """Loading progress as a thinking block at index 0, opened (after message_start) on
+        the first tick; the answer then continues the same message (guardian_proxy.loading)."""
+        out: list[Event] = self.start() if first else []
+        if first:
+            self._open("thinking", {"type": "thinking", "thinking": "", "signature": ""}, out)
+        self._delta({"type": "thinking_delta", "thinking": text}, out)
+        return out
+
     def _open(self, kind: str, block: dict[str, Any], out: list[Event]) -> None:
         self._close(out)
         self._index += 1

@@ -64,3 +64,23 @@ def test_off_by_default(tmp_path, model_dir, llama_bin):
         assert not any(c["choices"][0]["delta"].get("reasoning_content") for c in chunks if c.get("choices"))
     finally:
         g.close()
+
+
+def test_progress_on_anthropic_messages(tmp_path, model_dir, llama_bin):
+    import anthropic
+
+    g = start(tmp_path / "anthropic", model_dir, True)
+    try:
+        client = anthropic.Anthropic(base_url=g.url, api_key="unused", max_retries=0)
+        with client.messages.stream(
+            model="slow", max_tokens=16, messages=[{"role": "user", "content": "x"}]
+        ) as s:
+            kinds = [e.type for e in s]
+            final = s.get_final_message()
+        assert kinds[0] == "message_start" and kinds.count("message_start") == 1
+        thinking, text = final.content[0], final.content[-1]
+        assert thinking.type == "thinking" and thinking.thinking.startswith("Loading model 'slow'")
+        assert thinking.thinking.count("Loading model") >= 2  # one a second during a 2.5 s load
+        assert text.type == "text" and text.text == "Hi!"  # the answer continues the same message
+    finally:
+        g.close()
