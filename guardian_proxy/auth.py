@@ -109,6 +109,8 @@ def make_auth_middleware(store: KeyStore, required: Callable[[], bool]) -> Middl
                 + _HOW_TO_CREATE,
             )
         record, reason = store.check(secret)
+        if reason == "unknown" and await store.refresh_for_unknown():
+            record, reason = store.check(secret)  # a key created since the last look
         if record is None:
             return _unauthorized(request, _REASONS[reason])
         request[API_KEY] = record

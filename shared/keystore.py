@@ -54,6 +54,7 @@ FILE_VERSION = 1
 FILE_MODE = 0o600
 # How often the proxy may stat the file; revocations must be seen within a second.
 REFRESH_INTERVAL_S = 0.25
+UNKNOWN_RECHECK_S = 0.05
 # last_used_at is bookkeeping, not security: batch it instead of writing per request.
 FLUSH_INTERVAL_S = 5.0
 
@@ -243,6 +244,7 @@ class KeyStore:
         self._by_id: dict[str, KeyRecord] = {}
         self._sig: _Sig | None = None
         self._last_check = 0.0
+        self._last_unknown_check = 0.0
         self._refreshing: asyncio.Future[bool] | None = None
         # touch() data waiting to be written; guarded because flush() runs in a thread.
         self._mem_lock = threading.Lock()
@@ -341,6 +343,20 @@ class KeyStore:
             await asyncio.shield(self._refreshing)
         except Exception:
             pass  # logged by _refresh_done; keep serving the keys already loaded
+
+    async def refresh_for_unknown(self) -> bool:
+        """An unknown key may have been created a moment ago (after the last look, which is
+        rate-limited): look at the file once more, at most every UNKNOWN_RECHECK_S, so unknown
+        keys sent in a flood cost no more than that. True when the keys were reloaded."""
+        now = time.monotonic()
+        if now - self._last_unknown_check < UNKNOWN_RECHECK_S:
+            return False
+        self._last_unknown_check = now
+        try:
+            return await asyncio.to_thread(self.refresh_if_changed, True)
+        except Exception:
+            log.error("API key refresh failed", exc_info=True)
+            return False
 
     def _refresh_done(self, fut: asyncio.Future[bool]) -> None:
         self._refreshing = None
