@@ -173,6 +173,7 @@ class FakeHost:
 class FakeMeasurer:
     def __init__(self) -> None:
         self.gate: asyncio.Event | None = None  # when set, completions wait for it
+        self.hold_when: Any = None  # with `gate`: wait only once this says so (a callable)
         self.started = asyncio.Event()
         self.speed = 100.0
 
@@ -183,7 +184,7 @@ class FakeMeasurer:
         self, url: str, prompt: list[int], gen_tokens: int, timeout_s: float
     ) -> dict[str, Any]:
         self.started.set()
-        if self.gate is not None:
+        if self.gate is not None and (self.hold_when is None or self.hold_when()):
             await self.gate.wait()
         self.speed += 1
         return {"prompt_per_second": self.speed * 10, "predicted_per_second": self.speed, "id_slot": 0}
@@ -333,9 +334,10 @@ async def test_stop_keeps_finished_cells_and_run_continues(tmp_path):
     ended = []
     b.on_end.append(ended.append)
     await b.load()
+    # Hold the run once a cell is done: on an idle machine all four finish between two polls.
+    measurer.gate, measurer.hold_when = asyncio.Event(), lambda: b.status()["done"] >= 1
     await b.start(["a"], "manual")
     await wait_for(lambda: b.status()["done"] >= 1)
-    measurer.gate = asyncio.Event()
     st = await b.stop()
     assert st["status"] == "stopped" and ended[-1]["status"] == "stopped"
     done = st["done"]
