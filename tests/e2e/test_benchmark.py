@@ -169,7 +169,10 @@ def test_user_request_wins_and_the_run_resumes(guardian_factory):
     assert st["done"] == 6 and st["counts"] == {"ok": 6}
     keys = [Cell.from_dict(x).key for x in history(g)]
     assert len(keys) == 6 == len(set(keys)), "every cell exactly once"
-    log = g.log()
+    deadline = time.monotonic() + 10  # the status can say finished before the line is written
+    while "benchmark_finished" not in (log := g.log()):
+        assert time.monotonic() < deadline, log[-2000:]
+        time.sleep(0.05)
     assert "benchmark_paused" in log
     assert log.index("benchmark_paused") < log.index("benchmark_finished")
 
