@@ -45,7 +45,9 @@ async def measure(g: Guardian, runs: int, gen_tokens: int) -> dict[str, dict[str
         "temperature": 0,
     }
     gv1 = g.url + "/v1/chat/completions"
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as s:
+    # No keep-alive: llama-server closes a connection after a streamed answer without saying so.
+    connector = aiohttp.TCPConnector(force_close=True)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=600)) as s:
         for flavor, name in FLAVORS.items():
             other = next(n for n in FLAVORS.values() if n != name)
             await stream_rate(s, gv1, {**body, "model": other, "max_tokens": 4})  # the other one is up
