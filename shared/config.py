@@ -190,6 +190,10 @@ class AuthSettings:
 class SessionSettings:
     carry_over: bool = True  # save a model's conversations (KV slots) before it stops, restore after
     max_mb_per_model: int = 4096  # slot files beyond this are removed, least recently used first
+    # Upstream keeps only the window of a sliding-window model's (Gemma 3, gpt-oss) SWA layers,
+    # so a restored slot cannot be reused: carry-over runs such models with --swa-full when
+    # the full cache costs at most this much more (a model's swa_full: on/off overrides).
+    swa_full_max_mb: int = 1024
 
 
 @dataclass(frozen=True)
@@ -258,6 +262,9 @@ class ModelConfig:
     # auto: a model too big for the GPUs runs partly on the CPU (-ngl N, or --n-cpu-moe N for
     # MoE experts) within the RAM budget; strict: refuse it unless cpu_offload is true.
     offload: Literal["auto", "strict"] = "auto"
+    # --swa-full (upstream): a full-size cache on sliding-window layers. auto: when carry-over
+    # is on and it costs at most sessions.swa_full_max_mb more (memory/planner.py choose_swa_full).
+    swa_full: Literal["auto", "on", "off"] = "auto"
     mmproj: Path | None = None
     aliases: tuple[str, ...] = ()
     # A llama-server built-in template name (`--chat-template`, e.g. gemma, chatml, llama3)

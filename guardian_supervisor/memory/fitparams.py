@@ -100,12 +100,13 @@ class LaunchKnobs:
     flash_attn: str = "auto"
     ngl: int = 99
     n_cpu_moe: int = 0
+    swa_full: bool = False
 
     def key(self) -> str:
         return (
             f"ctx={self.ctx}|np={self.n_parallel}|kv={self.kv_type}|b={self.n_batch}|ub={self.n_ubatch}"
             f"|fa={self.flash_attn}|ngl={self.ngl}|ncmoe={self.n_cpu_moe}"
-        )
+        ) + ("|swa_full" if self.swa_full else "")
 
 
 def fit_argv(binary: str, model: Path, k: LaunchKnobs) -> list[str]:
@@ -116,6 +117,8 @@ def fit_argv(binary: str, model: Path, k: LaunchKnobs) -> list[str]:
     argv += ["-b", str(k.n_batch), "-ub", str(k.n_ubatch), "-ngl", str(k.ngl)]
     if k.n_cpu_moe:
         argv += ["--n-cpu-moe", str(k.n_cpu_moe)]
+    if k.swa_full:
+        argv += ["--swa-full"]
     # -v: the log's breakdown table has the CPU_REPACK row that stdout leaves out.
     return [*argv, "-fit", "off", "--fit-print", "on", "-v"]
 

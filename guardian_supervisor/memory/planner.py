@@ -57,15 +57,23 @@ class Placed:
     estimate_bytes: int
     gpus: tuple[int, ...]
     offload: dict[str, Any] | None = None  # offload_note of a plan that keeps part in RAM
+    swa_full: bool = False
 
 
-def measured_key(model: ModelConfig, ctx: int) -> str:
+def measured_key(model: ModelConfig, ctx: int, swa_full: bool = False) -> str:
     st = model.path.stat()
-    return f"{model.path}|{st.st_size}|{int(st.st_mtime)}|ctx={ctx}|kv={model.kv_type}|np={model.parallel}"
+    key = f"{model.path}|{st.st_size}|{int(st.st_mtime)}|ctx={ctx}|kv={model.kv_type}|np={model.parallel}"
+    return key + ("|swa_full" if swa_full else "")  # keys without it stay what they were
 
 
 def estimate_for(
-    info: ModelInfo, model: ModelConfig, ctx: int, flavor: str, gpu: bool, overhead: int | None
+    info: ModelInfo,
+    model: ModelConfig,
+    ctx: int,
+    flavor: str,
+    gpu: bool,
+    overhead: int | None,
+    swa_full: bool = False,
 ) -> Estimate:
     flash = model.flash_attn != "off"  # llama-server's "auto" turns it on wherever it is supported
     return estimate(
@@ -80,7 +88,47 @@ def estimate_for(
         flavor=flavor,
         overhead_bytes=overhead,
         host_cache_bytes=IK_CACHE_RAM_MIB * MiB if flavor == "ik" else 0,
+        swa_full=swa_full,
     )
+
+
+@dataclass(frozen=True)
+class SwaChoice:
+    on: bool
+    reason: str
+    extra_bytes: int = 0  # what the full-size cache adds over the window-sized one
+
+
+def choose_swa_full(
+    info: ModelInfo, model: ModelConfig, ctx: int, flavor: str, carry_over: bool, max_extra_bytes: int
+) -> SwaChoice:
+    """Whether upstream runs `model` with --swa-full.
+
+    Upstream keeps only the window (+ a ubatch) of the sliding-window layers, so a slot
+    restored after a swap lacks the early positions and llama-server re-reads the whole
+    prompt ("forcing full prompt re-processing due to lack of cache data"). With carry-over
+    on, a full-size SWA cache is what makes the restore useful, if it costs little enough."""
+    if flavor == "ik":
+        return SwaChoice(False, "ik_llama.cpp keeps a full-size cache on every layer")
+    if not info.sliding_window or not any(info.swa_layers):
+        return SwaChoice(False, "no sliding-window layers")
+    full, window = (
+        estimate_for(info, model, ctx, flavor, False, 0, swa_full=f).kv_bytes for f in (True, False)
+    )
+    extra = full - window
+    if model.swa_full != "auto":
+        return SwaChoice(model.swa_full == "on", f"swa_full: {model.swa_full} in models.yaml", extra)
+    if not carry_over:
+        return SwaChoice(False, "sessions.carry_over is off", extra)
+    if extra > max_extra_bytes:
+        return SwaChoice(
+            False,
+            f"a full-size sliding-window cache would add {mib(extra)} MiB "
+            f"(> sessions.swa_full_max_mb {mib(max_extra_bytes)}): carry-over re-reads the prompt; "
+            "set swa_full: on to pay for it",
+            extra,
+        )
+    return SwaChoice(True, "carry-over: a restored slot needs every position", extra)
 
 
 def prefer_measured(est: Estimate, meas: dict[str, Any] | None) -> Estimate:
@@ -155,7 +203,7 @@ def offload_note(
     return note
 
 
-def knobs_for(model: ModelConfig, ctx: int) -> LaunchKnobs:
+def knobs_for(model: ModelConfig, ctx: int, swa_full: bool = False) -> LaunchKnobs:
     """The memory-relevant launch settings, as build_argv passes them to llama-server."""
     return LaunchKnobs(
         ctx=launch_ctx(model, ctx),
@@ -165,6 +213,7 @@ def knobs_for(model: ModelConfig, ctx: int) -> LaunchKnobs:
         n_ubatch=model.ubatch_size or 512,
         flash_attn=model.flash_attn,
         ngl=model.ngl,
+        swa_full=swa_full,
     )
 
 
@@ -181,6 +230,7 @@ class Sources:
     measured: dict[str, Any] | None
     projection: Projection | None
     fit_error: str | None = None
+    swa: SwaChoice = SwaChoice(False, "no sliding-window layers")
 
 
 class VramPlanner:
@@ -254,11 +304,13 @@ class VramPlanner:
         backend = self.config.backend_of(model)
         overhead_mb = self.config.settings.gpus.overhead_mb
         overhead = (overhead_mb * MiB if overhead_mb is not None else None) if gpu else 0
-        est = estimate_for(info, model, ctx, backend.flavor, gpu, overhead)
-        meas = (await self.measured()).get(await asyncio.to_thread(measured_key, model, ctx))
+        s = self.config.settings.sessions
+        swa = choose_swa_full(info, model, ctx, backend.flavor, s.carry_over, s.swa_full_max_mb * MiB)
+        est = estimate_for(info, model, ctx, backend.flavor, gpu, overhead, swa_full=swa.on)
+        meas = (await self.measured()).get(await asyncio.to_thread(measured_key, model, ctx, swa.on))
         proj, fit_error = None, None
         if backend.flavor == "upstream":
-            knobs = knobs_for(model, ctx)
+            knobs = knobs_for(model, ctx, swa.on)
             fp = await self.fitparams()
             try:
                 run = not meas and not (for_planning and inv.mode == "simulated")
@@ -273,12 +325,12 @@ class VramPlanner:
         # A simulated GPU is served by a CPU build: its host buffers (and llama.cpp's host
         # projection) say nothing about VRAM.
         if inv.mode == "simulated":
-            return Sources(est, est, "estimator", meas, proj, fit_error)
+            return Sources(est, est, "estimator", meas, proj, fit_error, swa)
         if meas:
-            return Sources(est, prefer_measured(est, meas), "measured", meas, proj, fit_error)
+            return Sources(est, prefer_measured(est, meas), "measured", meas, proj, fit_error, swa)
         if proj is not None:
-            return Sources(est, prefer_measured(est, proj.record()), "fit-params", meas, proj, fit_error)
-        return Sources(est, est, "estimator", meas, proj, fit_error)
+            return Sources(est, prefer_measured(est, proj.record()), "fit-params", meas, proj, fit_error, swa)
+        return Sources(est, est, "estimator", meas, proj, fit_error, swa)
 
     async def plan(
         self,
@@ -290,9 +342,10 @@ class VramPlanner:
         overrides: dict[str, Any] = dict(profile)
         model = replace(target.config, **overrides)  # batch sizes change the compute buffer
         try:
-            _est, use, _meas = await self.estimate(model, ctx)
+            src = await self.sources(model, ctx)
         except (GGUFError, OSError) as e:
             return Refuse(f"model '{model.name}': cannot read {model.path}: {e}")
+        use, swa = src.used, src.swa
         inv = await self.snapshot()
         s = self.config.settings
         vram_limit = s.proxy.vram_limit_mb * MiB if s.proxy.vram_limit_mb else None
@@ -336,6 +389,7 @@ class VramPlanner:
             n_gpu_layers=decision.n_gpu_layers,
             tensor_split=decision.tensor_split,
             n_cpu_moe=decision.n_cpu_moe,
+            swa_full=swa.on,
         )
         info: dict[str, Any] = {
             "gpus": list(decision.gpus),
@@ -343,7 +397,7 @@ class VramPlanner:
         }
         # Recorded before any await: a plan made meanwhile must see this model's bytes.
         self.placed[model.name] = Placed(
-            dict(decision.per_gpu_bytes), decision.cpu_bytes, use.total_bytes, decision.gpus
+            dict(decision.per_gpu_bytes), decision.cpu_bytes, use.total_bytes, decision.gpus, swa_full=swa.on
         )
         if inv.gpus and not decision.fits_fully:
             note = offload_note(
@@ -353,6 +407,9 @@ class VramPlanner:
             if model.name in self.placed:
                 self.placed[model.name] = replace(self.placed[model.name], offload=note)
             log.warning("offloaded", model=model.name, **note)
+        if swa.extra_bytes:  # a sliding-window model: say which cache it gets, and why
+            info["swa_full"] = swa.on
+            log.info("swa_cache", model=model.name, swa_full=swa.on, extra_mib=mib(swa.extra_bytes), reason=swa.reason)
         log.info("placed", model=model.name, ctx=ctx, evict=decision.evict, **info, ngl=decision.n_gpu_layers)
         return Go(evict=decision.evict, placement=placement, info=info, env=env)
 
@@ -408,13 +465,16 @@ class VramPlanner:
             "source": meas.source,
             "at": time.time(),
         }
-        task = asyncio.get_running_loop().create_task(self._save_measured(rt.config, ctx, record))
+        swa_full = "--swa-full" in rt.argv  # what this server ran with: part of the record's key
+        task = asyncio.get_running_loop().create_task(self._save_measured(rt.config, ctx, swa_full, record))
         self._saving.add(task)
         task.add_done_callback(self._saving.discard)
 
-    async def _save_measured(self, model: ModelConfig, ctx: int, record: dict[str, Any]) -> None:
+    async def _save_measured(
+        self, model: ModelConfig, ctx: int, swa_full: bool, record: dict[str, Any]
+    ) -> None:
         store = await self.measured()
-        key = await asyncio.to_thread(measured_key, model, ctx)
+        key = await asyncio.to_thread(measured_key, model, ctx, swa_full)
         store[key] = record
         await asyncio.to_thread(write_json_atomic, self.measured_path, store)
 
@@ -429,7 +489,7 @@ class VramPlanner:
                 continue
             cfg = self.config.models.get(m["name"])
             meas = (
-                measured.get(await asyncio.to_thread(measured_key, cfg, m["ctx"]))
+                measured.get(await asyncio.to_thread(measured_key, cfg, m["ctx"], p.swa_full))
                 if cfg and m["ctx"]
                 else None
             )

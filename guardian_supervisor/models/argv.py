@@ -85,6 +85,7 @@ class Placement:
     main_gpu: int | None = None
     split_mode: str | None = None
     n_cpu_moe: int = 0  # keep the experts of the first N layers in RAM
+    swa_full: bool = False  # upstream --swa-full: a full-size cache on sliding-window layers
 
 
 def cpu_moe_args(flavor: str, n: int) -> list[str]:
@@ -191,6 +192,8 @@ def build_argv(
     argv += ["--threads-http", str(http_threads(model.parallel))]
     if ik:
         argv += ["--cache-ram", str(IK_CACHE_RAM_MIB)]
+    if place.swa_full and not ik:
+        argv += ["--swa-full"]
     if not ik:
         argv += ["-fit", "off"]  # upstream would shrink ctx/ngl on its own; Guardian owns the budget
         argv += ["-lv", "4"]  # upstream prints its buffer sizes (the measured memory) only at -lv 4

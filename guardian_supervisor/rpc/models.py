@@ -108,6 +108,7 @@ def register(server: RpcServer, sup: Supervisor) -> None:
             "ctx": ctx,
             "kv_type": cfg.kv_type,
             "parallel": cfg.parallel,
+            "swa_full": {"on": src.swa.on, "reason": src.swa.reason},
             "estimate": src.estimate.to_dict(),
             "planned_total_mib": src.used.to_dict()["total_mib"],
             "source": src.source,
