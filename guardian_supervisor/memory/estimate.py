@@ -74,6 +74,7 @@ class Estimate:
     overhead_bytes: int
     total_bytes: int
     host_cache_bytes: int = 0  # ik's host prompt cache (--cache-ram), in total_bytes on CPU runs
+    projector_bytes: int = 0  # --mmproj weights, in nonrepeating_bytes (planner.with_projector)
 
     @property
     def per_layer_bytes(self) -> list[int]:
@@ -93,6 +94,7 @@ class Estimate:
             "output_mib": _mib(self.output_bytes),
             "overhead_mib": _mib(self.overhead_bytes),
             "host_cache_mib": _mib(self.host_cache_bytes),
+            "projector_mib": _mib(self.projector_bytes),
             "total_mib": _mib(self.total_bytes),
         }
 
