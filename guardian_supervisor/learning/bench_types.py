@@ -62,7 +62,7 @@ class BenchHost(Protocol):
         ...
 
     def user_busy(self) -> bool:
-        """Does any user hold a lease right now?"""
+        """Does any user hold a lease, or wait for one, right now?"""
         ...
 
 

@@ -80,7 +80,7 @@ class Inputs:
     last_window: str | None  # the window occurrence that already had its run (ISO start)
     idle_for_s: float  # since the last user request
     idle_needed_s: float  # benchmark.idle_minutes
-    user_busy: bool  # a user holds a lease
+    user_busy: bool  # a user holds a lease or waits for one
     bench_active: bool  # a benchmark run is working (or paused, waiting for quiet)
     bench_resumable: bool  # a window run was cut short by a supervisor crash or restart
 

@@ -106,7 +106,11 @@ class SupervisorBenchHost:
                     await sched.unload(name, "benchmark finished with it")
 
     def user_busy(self) -> bool:
-        return any(lease.conn_id != BENCH_CONN for lease in self.sup.scheduler.leases.values())
+        """A user holds a lease or waits for one (a swap to their model is in progress)."""
+        sched = self.sup.scheduler
+        return any(lease.conn_id != BENCH_CONN for lease in sched.leases.values()) or any(
+            w.want.user for w in sched.queue
+        )
 
 
 class Learning:

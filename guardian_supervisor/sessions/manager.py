@@ -95,13 +95,14 @@ class SessionManager:
                 try:
                     await self._restore_into(client, rt, m, m.slot)
                 except TimeoutError:
-                    # No reply in time (ik can lose it): the file may be fine, so keep it and go on.
+                    # No reply, twice (ik can lose it): the file may be fine, so keep it and go on.
+                    # The slot may hold the conversation or not; nothing ik reports tells which.
                     log.warning(
                         "session_restore_skipped",
                         model=rt.name,
                         session=m.name,
-                        reason=f"llama-server did not answer the restore of {m.bytes} bytes in time; "
-                        "the conversation is read again",
+                        reason=f"llama-server answered neither restore of {m.bytes} bytes in time; "
+                        "unless it restored anyway, the conversation is read again",
                     )
                 except SLOT_ERRORS as e:
                     # A damaged file: drop it; the conversation is simply read again.
@@ -146,7 +147,7 @@ class SessionManager:
                         "session_carry_failed",
                         model=rt.name,
                         slot=s.id,
-                        error="llama-server did not answer the slot save in time; carry-over skipped",
+                        error="llama-server answered neither slot save in time; carry-over skipped",
                     )
                     continue
                 except (*SLOT_ERRORS, OSError) as e:

@@ -12,16 +12,21 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import structlog
 
 # Saving or restoring a slot file runs at disk speed: seconds for GiB. ik's server can lose the
-# reply to a slot action (it queues the task before it awaits the reply), so the wait is bounded
-# by the file's size, not minutes, and the stop/start hooks every request waits on go on.
-SLOT_IO_BASE_S = 5.0
+# reply to a slot action (it queues the task before it awaits the reply; the action itself
+# runs), so the wait is bounded by the file's size, not minutes, and the action is asked once
+# more: save, restore and erase are idempotent, and the second reply is seldom lost too.
+SLOT_IO_BASE_S = 1.5
+SLOT_IO_ATTEMPTS = 2
 SLOT_IO_BYTES_PER_S = 50 * 2**20  # a slow disk; page-cache writes run far faster
 # A save's file size is unknown before it is written: bound it by its tokens at a KV size per
 # token no model Guardian runs exceeds (a 70B f16 cache is ~0.3 MiB a token).
 SAVE_BYTES_PER_TOKEN = 2**20
 QUICK_TIMEOUT = aiohttp.ClientTimeout(total=10)
+
+log = structlog.get_logger("sessions")
 
 
 class SlotError(Exception):
@@ -115,13 +120,25 @@ class SlotClient:
         `nbytes` is the slot file's size (or a bound on it): the reply must come within
         `slot_io_timeout(nbytes)`, else TimeoutError."""
         payload = {"filename": filename} if filename is not None else {}
-        async with self.http.post(
-            f"{self.base}/slots/{slot}",
-            params={"action": action},
-            json=payload,
-            timeout=slot_io_timeout(nbytes),
-        ) as r:
-            body = await _json(r)
+        timeout = slot_io_timeout(nbytes)
+        for attempt in range(1, SLOT_IO_ATTEMPTS + 1):
+            try:
+                async with self.http.post(
+                    f"{self.base}/slots/{slot}", params={"action": action}, json=payload, timeout=timeout
+                ) as r:
+                    body = await _json(r)
+                break
+            except TimeoutError:
+                if attempt == SLOT_IO_ATTEMPTS:
+                    raise
+                log.warning(
+                    "slot_reply_lost",
+                    url=self.base,
+                    slot=slot,
+                    action=action,
+                    waited_s=timeout.total,
+                    hint="no reply in time (ik_llama.cpp can lose it); asking once more",
+                )
         if not isinstance(body, dict):
             raise SlotError(f"{action} answered {str(body)[:200]}")
         return body

@@ -150,13 +150,16 @@ def test_carry_over_across_a_swap(g: Guardian, m: str) -> None:
     n_prompt = first["usage"]["prompt_tokens"]
     assert n_prompt > 1000
     chat(g, UP if m == IK else IK, [{"role": "user", "content": "hi"}])  # swap m out, its slot saved
+    seen = len(g.log().splitlines())
     second = complete(g, m, LONG + first["choices"][0]["text"] + " And then?", 4)
     prompt_n = second["timings"]["prompt_n"]
     assert ("--swa-full" in g.model(m)["argv"]) == (m == UP), "upstream Gemma: full-size SWA cache"
     # The restored slot held the whole first turn: only the new turn is read.
     assert prompt_n < 0.1 * second["usage"]["prompt_tokens"], second["timings"]
-    restored = [ln for ln in g.log().splitlines() if "session_restored" in ln and f"model={m} " in ln]
-    assert restored, f"no session_restored for {m}:\n{g.log()[-3000:]}"
+    # ik can lose a slot action's reply: Guardian asks once more (slot_reply_lost), then logs it.
+    new = g.log().splitlines()[seen:]
+    restored = [ln for ln in new if "session_restored" in ln and f"model={m} " in ln]
+    assert restored, f"no session_restored for {m} on its way back:\n" + "\n".join(new)
     fields = dict(re.findall(r"(\w+)=(\S+)", restored[-1]))
     # ik lists no slot token count: the reply's n_restored is all it reports ("unknown").
     assert fields["check"] in (("unknown",) if m == IK else ("verified", "unknown")), restored[-1]

@@ -365,3 +365,23 @@ async def test_a_second_run_over_other_models_is_refused(tmp_path):
         await b.start(["nope"], "manual")
     await b.close()
     assert BenchStore(tmp_path).load_state()["status"] == "running", "shutdown keeps the status"
+
+
+async def test_a_user_waiting_for_a_swap_counts_as_busy(tmp_path):
+    # Until the swap to their model is done a user holds no lease, yet the run must stay paused.
+    from types import SimpleNamespace
+
+    from guardian_supervisor.learning.wiring import BENCH_CONN, SupervisorBenchHost
+    from guardian_supervisor.models.scheduler import Scheduler, Waiter, Want
+    from shared.config import Config, ModelConfig, Settings, SupervisorSettings
+
+    settings = Settings(supervisor=SupervisorSettings(data_dir=tmp_path))
+    config = Config(tmp_path, settings, {"m": ModelConfig(name="m", path=tmp_path / "m.gguf")})
+    sched = Scheduler(config, planner=None)  # type: ignore[arg-type]
+    host = SupervisorBenchHost(SimpleNamespace(scheduler=sched))  # type: ignore[arg-type]
+    future = asyncio.get_running_loop().create_future()
+    assert not host.user_busy()
+    sched.queue.append(Waiter("m", future, Want(user=False), 0.0, BENCH_CONN))
+    assert not host.user_busy(), "the benchmark's own wait is not a user's"
+    sched.queue.append(Waiter("m", future, Want(user=True), 0.0, 7))
+    assert host.user_busy()

@@ -31,6 +31,7 @@ class FakeSlots:
         self.calls: list[tuple[str, int, str]] = []
         self.next_task = 1
         self.lose_reply: set[str] = set()  # actions whose reply never comes (ik's server race)
+        self.lose_first: set[str] = set()  # actions done, but their first reply never comes (ik)
         self.release = asyncio.Event()  # lets the lost replies' handlers end at teardown
         self.ik_shape = False  # ik_llama.cpp's /slots: no token count, no task id
 
@@ -58,6 +59,14 @@ class FakeSlots:
         return web.json_response(out)
 
     async def action(self, request: web.Request) -> web.Response:
+        reply = await self._action(request)
+        act = request.query["action"]
+        if act in self.lose_first:  # ik: the task ran, its reply went to no one
+            self.lose_first.discard(act)
+            await self.release.wait()
+        return reply
+
+    async def _action(self, request: web.Request) -> web.Response:
         slot, act = int(request.match_info["id"]), request.query["action"]
         body = await request.json()
         name = body.get("filename", "")
@@ -239,7 +248,9 @@ async def test_a_lost_slot_reply_is_waited_for_seconds_then_skipped(env, monkeyp
     fake.lose_reply = {"save"}
     t0 = asyncio.get_running_loop().time()
     await mgr.model_stopping(rt, "evicted for other")  # no exception: the stop goes on
+    # Asked twice, each bounded by 80 tokens at 1 MiB a token: 2 x (0.3 + 1.6) s.
     assert asyncio.get_running_loop().time() - t0 < 5
+    assert [c[0] for c in fake.calls] == ["save", "save"]
     assert not (slot_dir / "_carry-slot0.bin").exists()
 
     fake.lose_reply = set()
@@ -252,6 +263,31 @@ async def test_a_lost_slot_reply_is_waited_for_seconds_then_skipped(env, monkeyp
     assert asyncio.get_running_loop().time() - t0 < 5
     # Skipped, not judged damaged: the file stays for the next start.
     assert mgr._restored.get("m", {}) == {} and (slot_dir / "_carry-slot0.bin").exists()
+    fake.release.set()
+
+
+async def test_a_reply_lost_once_is_asked_again(env, monkeypatch, capsys):
+    # ik_llama.cpp runs the action and loses only its reply: the second ask is answered.
+    from guardian_supervisor.sessions import slots
+
+    fake, mgr, rt, slot_dir = env
+    monkeypatch.setattr(slots, "SLOT_IO_BASE_S", 0.3)
+    fake.run_task(0, cached=0)
+    fake.lose_first = {"save"}
+    await mgr.model_stopping(rt, "evicted for other")
+    assert [c[0] for c in fake.calls] == ["save", "save"]
+    assert json.loads((slot_dir / "_carry-slot0.json").read_text())["n_tokens"] == 80
+
+    fake.fresh()
+    fake.lose_first = {"restore"}
+    t0 = asyncio.get_running_loop().time()
+    await mgr.model_started(rt)
+    took = asyncio.get_running_loop().time() - t0
+    assert took < 0.3 + 1.0, f"one bounded wait, then the answer: {took:.2f} s"
+    assert [c[0] for c in fake.calls[2:]] == ["restore", "restore"]
+    assert mgr._restored["m"][0].n_tokens == 80 and len(fake.tokens[0]) == 80
+    out = capsys.readouterr().out
+    assert "slot_reply_lost" in out and "session_restored" in out, out
     fake.release.set()
 
 
