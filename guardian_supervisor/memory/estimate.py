@@ -212,7 +212,9 @@ def _compute_bytes(
     ub = min(n_ubatch, n_batch, cells)
     e, f = info.n_embd, info.n_ff
     e_kv = max(info.n_head_kv, default=0) * info.key_length
-    if info.n_layer <= 1:
+    if info.is_moe and info.n_layer > 1:
+        per_token = moe_activation_floats(info)
+    elif info.n_layer <= 1:
         per_token = 5 * e + max(2 * e_kv, e)
     elif f <= e:
         per_token = 7 * e
@@ -229,6 +231,34 @@ def _compute_bytes(
     if flavor == "ik":
         total = max(total, ub * 4 * (e + info.n_vocab))
     return total
+
+
+def moe_activation_floats(info: ModelInfo) -> int:
+    """f32 values per ubatch token at the peak of a routed-MoE model's graph (upstream 11434).
+
+    With E the embedding, K experts used per token and F one expert's FFN width, the
+    experts' up, gate and activation outputs are F x K each (where a dense FFN has F), and
+    the down projection writes E x K before the K results are summed:
+      E <= 2F (gpt-oss, Mixtral):           3FK + 5E        (the E x K output reuses freed blocks)
+      E > 2F (Qwen3-30B-A3B: E = 2.7F):     3FK + 5E + EK   (it is placed above them)
+    and never below the attention's own peak (`_attention_floor`). Fitted on 52 tiny
+    qwen3moe and gpt-oss shapes (E 128..512, K 1..16, F 32..256): exact to 0.5 % on 40,
+    including every shape with FK >= 2E (all real MoE models); over by up to a third on
+    shapes with few or narrow experts (FK <= E), never under.
+    """
+    e, k, f = info.n_embd, info.n_expert_used, info.n_ff_exp
+    ffn = 3 * f * k + 5 * e + (e * k if e > 2 * f and k > 1 else 0)
+    return max(ffn, _attention_floor(info))
+
+
+def _attention_floor(info: ModelInfo) -> int:
+    """The attention block's peak in f32 values per token, with Q = n_head x head_dim:
+    3E + 3Q where Q and K are RMS-normed per head (qwen3moe: one more Q-sized copy),
+    5E + 2Q otherwise (gpt-oss: biases added in place). Measured on the tiny models."""
+    e, q = info.n_embd, info.n_head * info.key_length
+    if info.architecture in ("qwen3", "qwen3moe"):
+        return 3 * e + 3 * q
+    return 5 * e + 2 * q
 
 
 # --- measuring: llama-server's own log lines --------------------------------------------------
