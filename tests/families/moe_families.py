@@ -75,7 +75,9 @@ ARCH_ENUM: dict[str, gguf.MODEL_ARCH] = {
 # Qwen3-30B-A3B (8 of 128 experts, E = 2.7 x expert FFN), gpt-oss-20b (4 of 32 experts,
 # E = expert FFN, window 128).
 FAMILIES: dict[str, FamilySpec] = {
-    "qwen3": FamilySpec("qwen3", n_layer=4, n_embd=128, n_head=4, n_head_kv=2, head_dim=64, n_ff=384, seed=11),
+    "qwen3": FamilySpec(
+        "qwen3", n_layer=4, n_embd=128, n_head=4, n_head_kv=2, head_dim=64, n_ff=384, seed=11
+    ),
     "qwen3moe": FamilySpec(
         "qwen3moe",
         n_layer=4,
@@ -168,7 +170,9 @@ def write_family_model(path: Path, spec: FamilySpec) -> Path:
         w.add_add_bos_token(True)
         w.add_chat_template(CHAT_TEMPLATE)
 
-        def put(tensor: gguf.MODEL_TENSOR, data: np.ndarray, bid: int | None = None, suffix: str = "weight") -> None:
+        def put(
+            tensor: gguf.MODEL_TENSOR, data: np.ndarray, bid: int | None = None, suffix: str = "weight"
+        ) -> None:
             w.add_tensor(tensor_name(arch, tensor, suffix, bid), data)
 
         e, q, kv = spec.n_embd, spec.n_head * hd, spec.n_head_kv * hd
