@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 
-from guardian_supervisor.memory.estimate import estimate, moe_activation_floats
+from guardian_supervisor.memory.estimate import estimate, ik_activation_floats, moe_activation_floats
 from guardian_supervisor.memory.gguf_info import ModelInfo, _moe_hparams, read_model_info
 from tests.families.moe_families import FAMILIES, write_family_model
 
@@ -77,3 +77,27 @@ def test_moe_compute_is_above_the_dense_reading(infos: dict[str, ModelInfo]) -> 
     as_dense = dataclasses.replace(q, n_expert=0, n_expert_used=0)
     moe, dense = (estimate(i, ctx=2048, gpu=False).compute_bytes for i in (q, as_dense))
     assert moe != dense and moe == 512 * 4 * (moe_activation_floats(q) + 10) + 512 * 2048 * 2
+
+
+# ik_llama.cpp 0.1.5: (arch, E, K, F, f32 values per token it reserved beyond the masks)
+IK_MEASURED = [
+    ("qwen3moe", 256, 8, 96, 3395),
+    ("qwen3moe", 128, 4, 256, 2053),
+    ("gpt-oss", 256, 4, 256, 3077),
+    ("qwen3", 256, 0, 768, 2821),  # dense: K unused, F is n_ff
+    ("qwen3", 256, 0, 1536, 5125),
+]
+
+
+@pytest.mark.parametrize(("arch", "e", "k", "f", "floats"), IK_MEASURED)
+def test_ik_activation_rule(
+    infos: dict[str, ModelInfo], arch: str, e: int, k: int, f: int, floats: int
+) -> None:
+    base = infos[arch]
+    info = (
+        dataclasses.replace(base, n_embd=e, n_expert_used=k, n_ff_exp=f)
+        if base.is_moe
+        else dataclasses.replace(base, n_embd=e, n_ff=f)
+    )
+    # exact where the attention's 2Q dominates; over (never under) by 6 % at E = Q
+    assert floats * 0.995 <= ik_activation_floats(info) + 10 <= floats * 1.06
