@@ -10,6 +10,7 @@ llama.cpp's own projection (llama-fit-params) is checked against the same buffer
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ import pytest
 from guardian_supervisor.memory.estimate import Measured, estimate, parse_buffer_lines
 from guardian_supervisor.memory.fitparams import FitParams, LaunchKnobs, find_binary, projection_of
 from guardian_supervisor.memory.gguf_info import read_model_info
-from tests.e2e.test_estimate_vs_llama import LLAMA_SERVER, llama_server
+from tests.e2e.test_estimate_vs_llama import LLAMA_SERVER, http, llama_server
 from tests.families.moe_families import FAMILIES, write_families
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -115,3 +116,22 @@ def test_fit_params_projection_on_family(
         assert 0 <= want - got < MIB, (got, want)
     # Its compute, less the logits rows llama-server does not reserve, also truncated.
     assert -MIB < measured.compute_bytes - proj.compute_bytes < 2 * MIB
+
+
+@pytest.mark.parametrize(("family", "fork"), [(f, fork) for f in FAMILIES for fork in ("upstream", "ik")])
+def test_family_model_generates(
+    family_models: dict[str, Path], tmp_path: Path, family: str, fork: str
+) -> None:
+    """The generated files are real models of their family: the fork runs the whole graph
+    (router, experts, sinks) and answers a completion."""
+    binary = LLAMA_SERVER if fork == "upstream" else IK_SERVER
+    if binary is None or not binary.exists():
+        pytest.skip(f"{fork} llama-server not installed: run 'make install'")
+    verbose = ["-lv", "4"] if fork == "upstream" else []  # upstream prints the hparams at -lv 4
+    args = ["-c", "1024", "-t", "2", *verbose]
+    with llama_server(family_models[family], tmp_path / "server.log", *args, binary=binary) as url:
+        status, body = http(url + "/completion", {"prompt": "hello world", "n_predict": 4, "temperature": 0})
+    assert status == 200, body
+    assert body["tokens_predicted"] >= 1 and isinstance(body["content"], str)
+    log = (tmp_path / "server.log").read_text(errors="replace")
+    assert re.search(rf"arch\s+=\s+{re.escape(family)}\n", log), log[-2000:]
