@@ -6,8 +6,10 @@ overhead); `parse_buffer_lines` reads what llama-server actually allocated from 
 
 The compute-buffer formula was fitted against upstream llama-server build 11434 (CPU) on
 dense llama-architecture models; see `_compute_bytes`. Sliding-window attention is modelled
-(`swa_cells`, measured exact on Gemma 3). MLA, recurrent/hybrid and MoE models are not
-modelled specially yet: their KV and compute figures are rough.
+(`swa_cells`, measured exact on Gemma 3), and so are routed MoE models' compute terms
+(`moe_activation_floats`; ik_llama.cpp: `ik_activation_floats`, measured on tiny qwen3,
+qwen3moe and gpt-oss). MLA and recurrent/hybrid models are not modelled specially yet:
+their KV and compute figures are rough.
 """
 
 from __future__ import annotations
