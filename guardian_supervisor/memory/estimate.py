@@ -6,8 +6,10 @@ overhead); `parse_buffer_lines` reads what llama-server actually allocated from 
 
 The compute-buffer formula was fitted against upstream llama-server build 11434 (CPU) on
 dense llama-architecture models; see `_compute_bytes`. Sliding-window attention is modelled
-(`swa_cells`, measured exact on Gemma 3). MLA, recurrent/hybrid and MoE models are not
-modelled specially yet: their KV and compute figures are rough.
+(`swa_cells`, measured exact on Gemma 3), and so are routed MoE models' compute terms
+(`moe_activation_floats`; ik_llama.cpp: `ik_activation_floats`, measured on tiny qwen3,
+qwen3moe and gpt-oss). MLA and recurrent/hybrid models are not modelled specially yet:
+their KV and compute figures are rough.
 """
 
 from __future__ import annotations
@@ -207,14 +209,19 @@ def _compute_bytes(
       1 layer:                          5E + max(2Ekv, E) + 10 (llama.cpp drops all but
                                         the output token before the last layer's FFN)
     plus the attention mask, ubatch x KV cells of one sequence in f16. Without flash
-    attention the KQ scores (f32 per head) and an f32 mask dominate instead. Older graphs
-    (ik_llama.cpp) reserve logits for every ubatch token, ubatch x (E + vocab) f32, as
-    Ollama's GraphSize assumes (not verified here: no ik build was at hand).
+    attention the KQ scores (f32 per head) and an f32 mask dominate instead. MoE models:
+    `moe_activation_floats`; ik_llama.cpp: `ik_activation_floats`, and its graph reserves
+    logits for every ubatch token, ubatch x (E + vocab) f32, as Ollama's GraphSize assumes
+    (which is what Gemma 3's 262144-token vocabulary measures on ik).
     """
     ub = min(n_ubatch, n_batch, cells)
     e, f = info.n_embd, info.n_ff
     e_kv = max(info.n_head_kv, default=0) * info.key_length
-    if info.n_layer <= 1:
+    if flavor == "ik" and info.n_layer > 1:
+        per_token = ik_activation_floats(info)
+    elif info.is_moe and info.n_layer > 1:
+        per_token = moe_activation_floats(info)
+    elif info.n_layer <= 1:
         per_token = 5 * e + max(2 * e_kv, e)
     elif f <= e:
         per_token = 7 * e
@@ -225,12 +232,59 @@ def _compute_bytes(
     activations = ub * 4 * (per_token + 10)
     kv_seq = cells if kv_unified else -(-cells // n_parallel)
     if flash_attn:
-        total = activations + ub * kv_seq * 2
+        # ik builds its SWA mask as large as the (full-size) cache, beside the causal one
+        masks = 2 if flavor == "ik" and any(info.swa_layers) else 1
+        total = activations + masks * ub * kv_seq * 2
     else:
         total = max(activations, ub * kv_seq * (4 * info.n_head + 4) + ub * 4 * 8 * e)
     if flavor == "ik":
         total = max(total, ub * 4 * (e + info.n_vocab))
     return total
+
+
+def moe_activation_floats(info: ModelInfo) -> int:
+    """f32 values per ubatch token at the peak of a routed-MoE model's graph (upstream 11434).
+
+    With E the embedding, K experts used per token and F one expert's FFN width, the
+    experts' up, gate and activation outputs are F x K each (where a dense FFN has F), and
+    the down projection writes E x K before the K results are summed:
+      E <= 2F (gpt-oss, Mixtral):           3FK + 5E        (the E x K output reuses freed blocks)
+      E > 2F (Qwen3-30B-A3B: E = 2.7F):     3FK + 5E + EK   (it is placed above them)
+    and never below the attention's own peak (`_attention_floor`). Fitted on 52 tiny
+    qwen3moe and gpt-oss shapes (E 128..512, K 1..16, F 32..256): exact to 0.5 % on 40,
+    including every shape with FK >= 2E (all real MoE models); over by up to a third on
+    shapes with few or narrow experts (FK <= E), never under.
+    """
+    e, k, f = info.n_embd, info.n_expert_used, info.n_ff_exp
+    ffn = 3 * f * k + 5 * e + (e * k if e > 2 * f and k > 1 else 0)
+    return max(ffn, _attention_floor(info))
+
+
+def ik_activation_floats(info: ModelInfo) -> int:
+    """ik_llama.cpp's peak in f32 values per ubatch token (0.1.5, CPU, flash attention).
+
+    ik fuses the FFN's gate, up and activation, so a dense layer peaks at 3F + max(2Q, 2E)
+    and a MoE layer at K(E + F) + max(2Q, 3E), Q = n_head x head_dim; never below 4Q.
+    Measured on tiny llama, qwen3, qwen3moe and gpt-oss shapes: exact (0.5 %) on 14 of 20,
+    up to a quarter over where the FFN is narrow (F <= 2E), 8 % under on one qwen3 shape
+    with Q = E / 2 (real models have Q >= E).
+    """
+    e, q = info.n_embd, info.n_head * info.key_length
+    if info.is_moe:
+        peak = info.n_expert_used * (e + info.n_ff_exp) + max(2 * q, 3 * e)
+    else:
+        peak = 3 * info.n_ff + max(2 * q, 2 * e)
+    return max(peak, 4 * q)
+
+
+def _attention_floor(info: ModelInfo) -> int:
+    """The attention block's peak in f32 values per token, with Q = n_head x head_dim:
+    3E + 3Q where Q and K are RMS-normed per head (qwen3moe: one more Q-sized copy),
+    5E + 2Q otherwise (gpt-oss: biases added in place). Measured on the tiny models."""
+    e, q = info.n_embd, info.n_head * info.key_length
+    if info.architecture in ("qwen3", "qwen3moe"):
+        return 3 * e + 3 * q
+    return 5 * e + 2 * q
 
 
 # --- measuring: llama-server's own log lines --------------------------------------------------

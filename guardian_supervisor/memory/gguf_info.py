@@ -20,6 +20,7 @@ import itertools
 import re
 import struct
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -100,6 +101,15 @@ class ModelInfo:
     reader: str = "native"  # "native" (_parse_header) or "gguf-py" (gguf.GGUFReader)
     sliding_window: int = 0  # {arch}.attention.sliding_window; 0 = no sliding-window attention
     swa_layers: tuple[bool, ...] = ()  # per layer: True where the layer attends to the window only
+    # Mixture of experts ({arch}.expert_count etc.); 0 = a dense FFN. n_ff_exp is one expert's
+    # FFN width (expert_feed_forward_length, else n_ff / n_expert_used as qwen3moe falls back).
+    n_expert: int = 0
+    n_expert_used: int = 0
+    n_ff_exp: int = 0
+
+    @property
+    def is_moe(self) -> bool:
+        return self.n_expert > 0 and self.n_expert_used > 0
 
     @property
     def quantization_level(self) -> str:
@@ -373,6 +383,7 @@ def _build(path: Path, file_size: int, raw: _Raw, keep_arrays: bool) -> ModelInf
             layer_bytes[int(m.group(1))] += t.n_bytes
         else:
             nonrepeating += t.n_bytes
+    n_ff = max(_per_layer(get("feed_forward_length", 0), 1), default=0)
     tokens = kv.get("tokenizer.ggml.tokens")
     n_vocab = int(
         get("vocab_size")
@@ -398,7 +409,7 @@ def _build(path: Path, file_size: int, raw: _Raw, keep_arrays: bool) -> ModelInf
         key_length=int(get("attention.key_length") or head_dim),
         value_length=int(get("attention.value_length") or head_dim),
         n_vocab=n_vocab,
-        n_ff=max(_per_layer(get("feed_forward_length", 0), 1), default=0),
+        n_ff=n_ff,
         file_type=_file_type(kv.get("general.file_type"), raw.tensors),
         parameter_count=param_count,
         parameter_size=human_number(param_count),
@@ -414,6 +425,7 @@ def _build(path: Path, file_size: int, raw: _Raw, keep_arrays: bool) -> ModelInf
         swa_layers=_swa_layers(
             arch, get("attention.sliding_window") or 0, get("attention.sliding_window_pattern"), n_layer
         ),
+        **_moe_hparams(get, n_ff),
     )
 
 
@@ -432,6 +444,17 @@ def _swa_layers(arch: str, window: Any, pattern: Any, n_layer: int) -> tuple[boo
     if period <= 1:
         return ()  # window given but no known pattern: model it as full attention (an upper bound)
     return tuple(il % period < period - 1 for il in range(n_layer))
+
+
+def _moe_hparams(get: Callable[..., Any], n_ff: int) -> dict[str, int]:
+    """n_expert, n_expert_used and n_ff_exp (each 0 for a dense model); per-layer arrays
+    (expert_feed_forward_length of some MoEs) count by their widest layer."""
+    n_expert = max(_per_layer(get("expert_count", 0), 1), default=0)
+    n_used = max(_per_layer(get("expert_used_count", 0), 1), default=0)
+    if not (n_expert and n_used):
+        return {"n_expert": 0, "n_expert_used": 0, "n_ff_exp": 0}
+    n_ff_exp = max(_per_layer(get("expert_feed_forward_length", 0), 1), default=0) or n_ff // n_used
+    return {"n_expert": n_expert, "n_expert_used": n_used, "n_ff_exp": n_ff_exp}
 
 
 def _per_layer(value: Any, n_layer: int) -> list[int]:

@@ -104,7 +104,9 @@ def test_compute_grows_with_ctx_and_ubatch(tiny: ModelInfo) -> None:
 def test_ik_flavor_reserves_logits_for_the_whole_ubatch(tiny: ModelInfo) -> None:
     up = estimate(tiny, ctx=512, flavor="upstream", gpu=False).compute_bytes
     ik = estimate(tiny, ctx=512, flavor="ik", gpu=False).compute_bytes
-    assert ik >= up and ik >= 512 * 4 * (tiny.n_embd + tiny.n_vocab)
+    # ik's fused FFN keeps fewer activations than upstream's (measured: demo-b at -c 2048,
+    # 6.01 MiB on ik, 7.52 upstream); its logits reservation is the floor
+    assert ik >= 512 * 4 * (tiny.n_embd + tiny.n_vocab) and up > 0
 
 
 def test_gpu_vs_cpu_weights_and_overhead(tiny: ModelInfo) -> None:
