@@ -6,8 +6,9 @@ overhead); `parse_buffer_lines` reads what llama-server actually allocated from 
 
 The compute-buffer formula was fitted against upstream llama-server build 11434 (CPU) on
 dense llama-architecture models; see `_compute_bytes`. Sliding-window attention is modelled
-(`swa_cells`, measured exact on Gemma 3). MLA, recurrent/hybrid and MoE models are not
-modelled specially yet: their KV and compute figures are rough.
+(`swa_cells`, measured exact on Gemma 3). MLA (`kv_layer_bytes`: one latent row, K only),
+recurrent state (`recurrent_state_bytes`: f32 per sequence) and encoders (no cache) are
+modelled per layer, measured on generated deepseek2 / granitehybrid / bert models.
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ class Estimate:
     overhead_bytes: int
     total_bytes: int
     host_cache_bytes: int = 0  # ik's host prompt cache (--cache-ram), in total_bytes on CPU runs
+    rs_bytes: int = 0  # recurrent state (Mamba/RWKV layers), already counted in kv_bytes
 
     @property
     def per_layer_bytes(self) -> list[int]:
@@ -93,6 +95,7 @@ class Estimate:
             "output_mib": _mib(self.output_bytes),
             "overhead_mib": _mib(self.overhead_bytes),
             "host_cache_mib": _mib(self.host_cache_bytes),
+            "rs_mib": _mib(self.rs_bytes),
             "total_mib": _mib(self.total_bytes),
         }
 
@@ -132,10 +135,11 @@ def estimate(
     cells = -(-ctx // KV_CTX_PAD) * KV_CTX_PAD
     swa = swa_cells(info, cells, n_parallel, n_ubatch, kv_unified, flavor, swa_full)
     is_swa = list(info.swa_layers) + [False] * info.n_layer
+    rs_per_layer = recurrent_state_bytes(info, n_parallel)
     kv_per_layer = [
-        (swa if is_swa[il] else cells)
-        * (kv_row_bytes(kv_type, h * info.key_length) + kv_row_bytes(v_type, h * info.value_length))
-        for il, h in enumerate(info.n_head_kv[: info.n_layer])
+        kv_layer_bytes(info, il, swa if is_swa[il] else cells, kv_type, v_type, flavor, flash_attn)
+        + rs_per_layer[il]
+        for il in range(min(info.n_layer, len(info.n_head_kv)))
     ]
     nonrepeating = info.nonrepeating_bytes
     if gpu and info.tensor_bytes("output.weight"):
@@ -162,7 +166,48 @@ def estimate(
         overhead_bytes=overhead,
         total_bytes=weights + kv + compute + output + overhead + host_cache,
         host_cache_bytes=host_cache,
+        rs_bytes=sum(rs_per_layer),
     )
+
+
+def kv_layer_bytes(
+    info: ModelInfo, il: int, cells: int, kv_type: str, v_type: str, flavor: str, flash_attn: bool
+) -> int:
+    """KV cache bytes of layer `il` holding `cells` cells (all streams).
+
+    - encoders (bert, ...) and recurrent layers: none (llama.cpp makes no KV for them;
+      a recurrent layer's state is `recurrent_state_bytes`).
+    - MLA (deepseek2): the cache is K only, one row of kv_lora_rank + rope dims per cell
+      (the GGUF's key_length with one KV head); V is a view of it (llama-kv-cache.cpp
+      `has_v = !is_mla`). ik stores the same row, in the V type when flash attention is off
+      (its default -mla 3).
+    - otherwise K + V rows of n_head_kv x head size.
+    """
+    if not info.has_kv_cache or (il < len(info.recurrent_layers) and info.recurrent_layers[il]):
+        return 0
+    h = info.n_head_kv[il] if il < len(info.n_head_kv) else 0
+    if info.is_mla:
+        width = info.kv_lora_rank + info.rope_dim if info.kv_lora_rank else h * info.key_length
+        row_type = v_type if flavor == "ik" and not flash_attn else kv_type
+        return cells * kv_row_bytes(row_type, width)
+    return cells * (kv_row_bytes(kv_type, h * info.key_length) + kv_row_bytes(v_type, h * info.value_length))
+
+
+def recurrent_state_bytes(info: ModelInfo, n_parallel: int) -> list[int]:
+    """Per layer: the f32 recurrent state of a Mamba/Mamba2 layer, for every sequence.
+
+    llama_memory_recurrent keeps, per layer and per sequence (max(1, -np) cells), a conv
+    row r of (d_conv - 1) x (d_inner + 2 x n_group x d_state) and an SSM row s of
+    d_state x d_inner, both f32 whatever -ctk/-ctv say (llama_hparams::n_embd_r/n_embd_s).
+    """
+    n = info.n_layer
+    if not any(info.recurrent_layers):
+        return [0] * n
+    conv = max(info.ssm_d_conv - 1, 0) * (info.ssm_d_inner + 2 * info.ssm_n_group * info.ssm_d_state)
+    state = info.ssm_d_state * info.ssm_d_inner
+    per_layer = (conv + state) * 4 * max(1, n_parallel)
+    recr = list(info.recurrent_layers) + [False] * n
+    return [per_layer if recr[il] else 0 for il in range(n)]
 
 
 def swa_cells(
@@ -210,6 +255,8 @@ def _compute_bytes(
     Ollama's GraphSize assumes (not verified here: no ik build was at hand).
     """
     ub = min(n_ubatch, n_batch, cells)
+    if not info.has_kv_cache:
+        return _encoder_compute_bytes(info, ub, flash_attn)
     e, f = info.n_embd, info.n_ff
     e_kv = max(info.n_head_kv, default=0) * info.key_length
     if info.n_layer <= 1:
@@ -220,15 +267,67 @@ def _compute_bytes(
         per_token = 2 * f + 5 * e
     else:
         per_token = 3 * f + 5 * e
+    per_token = max(per_token, _mla_attention_floats(info), _mamba_floats(info))
     activations = ub * 4 * (per_token + 10)
     kv_seq = cells if kv_unified else -(-cells // n_parallel)
-    if flash_attn:
+    if not any(h for il, h in enumerate(info.n_head_kv) if not _is_recurrent(info, il)):
+        total = activations  # no attention layer: no mask, no KQ
+    elif flash_attn:
         total = activations + ub * kv_seq * 2
     else:
         total = max(activations, ub * kv_seq * (4 * info.n_head + 4) + ub * 4 * 8 * e)
     if flavor == "ik":
         total = max(total, ub * 4 * (e + info.n_vocab))
     return total
+
+
+def _is_recurrent(info: ModelInfo, il: int) -> bool:
+    return il < len(info.recurrent_layers) and info.recurrent_layers[il]
+
+
+def _mla_attention_floats(info: ModelInfo) -> int:
+    """f32 values per ubatch token at the peak of an MLA attention block (0 without MLA).
+
+    The queries are absorbed into the latent space, so each head carries kv_lora_rank +
+    rope values twice (absorbed Q and the attention output) besides its nope part. Fitted
+    on upstream build 11434, CPU, flash attention, generated deepseek2 models (n_head 4..16,
+    kv_lora_rank 256/512, rope 64, nope 64/128): n_head x (2(L + R) + nope + 2R) + 3E,
+    within 2.5 %.
+    """
+    if not info.is_mla or not info.kv_lora_rank:
+        return 0
+    rope = info.rope_dim
+    nope = max(info.key_length_mla - rope, 0)
+    return info.n_head * (2 * (info.kv_lora_rank + rope) + nope + 2 * rope) + 3 * info.n_embd
+
+
+def _mamba_floats(info: ModelInfo) -> int:
+    """f32 values per ubatch token at the peak of a Mamba2 layer (0 without recurrent layers).
+
+    Fitted on upstream build 11434, CPU, generated granitehybrid models (d_inner 256..1024,
+    2 x n_group x d_state 128..512, ubatch 256..1024): 7.4 d_inner + 2.7 BC + 233, within
+    5 %; when the FFN is the larger, the Mamba buffers still live beside it:
+    3F + 5E + 3.5 d_inner (within 2 % for F >= 8E, +13 % at F = 16E with E = 128).
+    """
+    if not any(info.recurrent_layers) or not info.ssm_d_inner:
+        return 0
+    d_inner, bc = info.ssm_d_inner, 2 * info.ssm_n_group * info.ssm_d_state
+    mixer = (74 * d_inner + 27 * bc) // 10 + 233
+    ffn = 3 * info.n_ff + 5 * info.n_embd + (7 * d_inner) // 2
+    return max(mixer, ffn)
+
+
+def _encoder_compute_bytes(info: ModelInfo, ub: int, flash_attn: bool) -> int:
+    """Compute buffer of a non-causal encoder (bert...): no KV cache, attention over the
+    ubatch itself. Fitted on upstream build 11434, CPU, generated bert models (E 128/256,
+    F 256..1024, ubatch 256..1024, 1..4 layers): per token max(F + 5E, 6.5E) + 5 f32
+    values, plus the ubatch x ubatch f16 mask (with flash attention; f32 KQ per head
+    without)."""
+    e, f = info.n_embd, info.n_ff
+    per_token = max(f + 5 * e, (13 * e) // 2) + 5
+    if flash_attn:
+        return ub * 4 * per_token + ub * ub * 2
+    return max(ub * 4 * per_token, ub * ub * (4 * info.n_head + 4) + ub * 4 * 8 * e)
 
 
 # --- measuring: llama-server's own log lines --------------------------------------------------
@@ -259,6 +358,7 @@ class Measured:
     offloaded_layers: int | None = None
     total_layers: int | None = None
     source: str = "none"  # "buffers" (per-buffer lines), "breakdown" (the MiB table) or "none"
+    rs_bytes: int = 0  # recurrent-state buffers ("RS buffer size"), already counted in kv_bytes
 
     @property
     def total_bytes(self) -> int:
@@ -279,11 +379,12 @@ def is_host_buffer(name: str) -> bool:
 #           "llama_kv_cache:        CPU KV buffer size =     4.00 MiB"
 #           "sched_reserve:        CPU compute buffer size =     6.27 MiB"
 #           "llama_context:        CPU  output buffer size =     0.00 MiB"
+#           "llama_memory_recurrent:        CPU RS buffer size =     0.78 MiB" (Mamba/RWKV state)
 # ik:       "llm_load_tensors:      CUDA0 buffer size =  3745.00 MiB" (no "model")
 #           "llama_kv_cache_init:      CUDA0 KV buffer size =   256.00 MiB"
 #           "llama_new_context_with_model:      CUDA0 compute buffer size =   258.50 MiB"
 _BUFFER_RE = re.compile(
-    r"(?P<dev>\S+)\s+(?:(?P<kind>model|KV|compute|output)\s+)?buffer size\s*=\s*(?P<mib>\d+(?:\.\d+)?)\s*MiB"
+    r"(?P<dev>\S+)\s+(?:(?P<kind>model|KV|RS|compute|output)\s+)?buffer size\s*=\s*(?P<mib>\d+(?:\.\d+)?)\s*MiB"
 )
 _OFFLOAD_RE = re.compile(r"offloaded (\d+)/(\d+) layers to GPU")
 # "| memory breakdown [MiB] | total free self model context compute unaccounted |" rows:
@@ -295,7 +396,15 @@ _BREAKDOWN_GPU_RE = re.compile(
 _BREAKDOWN_OTHER_RE = re.compile(
     r"\|\s*-\s*(?P<dev>\S+)[^|]*\|\s*\d+\s*=\s*(?P<m>\d+)\s*\+\s*(?P<c>\d+)\s*\+\s*(?P<k>\d+)\s*\|"
 )
-_KIND_FIELD = {None: "model", "model": "model", "KV": "kv", "compute": "compute", "output": "output"}
+# The recurrent state counts as KV: both are the context's memory (llama-fit-params' "context").
+_KIND_FIELD = {
+    None: "model",
+    "model": "model",
+    "KV": "kv",
+    "RS": "kv",
+    "compute": "compute",
+    "output": "output",
+}
 
 
 def parse_buffer_lines(lines: Iterable[str]) -> Measured:
@@ -303,17 +412,20 @@ def parse_buffer_lines(lines: Iterable[str]) -> Measured:
 
     Every buffer line counts, so a draft model's buffers add to the main model's: feed one
     process's log. When no per-buffer lines are present, the last `memory breakdown [MiB]`
-    table is used instead (its "context" column counts as KV); the first table upstream
+    table is used instead (its "context" column counts as KV, as do recurrent-state "RS"
+    buffers, also summed in `rs_bytes`); the first table upstream
     prints with `-fit on` is only a projection and the one printed at exit replaces it.
     """
     per_dev: dict[str, dict[str, int]] = {}
     table: dict[str, dict[str, int]] = {}
     offloaded: tuple[int, int] | None = None
+    rs = 0
     for line in lines:
         if m := _BUFFER_RE.search(line):
             d = per_dev.setdefault(m["dev"], {})
             kind = _KIND_FIELD[m["kind"]]
             d[kind] = d.get(kind, 0) + round(float(m["mib"]) * MIB)
+            rs += round(float(m["mib"]) * MIB) if m["kind"] == "RS" else 0
         elif m := _OFFLOAD_RE.search(line):
             offloaded = (int(m[1]), int(m[2]))
         elif "memory breakdown" in line:
@@ -335,4 +447,5 @@ def parse_buffer_lines(lines: Iterable[str]) -> Measured:
         offloaded_layers=offloaded[0] if offloaded else None,
         total_layers=offloaded[1] if offloaded else None,
         source=source,
+        rs_bytes=rs,
     )

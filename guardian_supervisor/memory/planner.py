@@ -409,7 +409,13 @@ class VramPlanner:
             log.warning("offloaded", model=model.name, **note)
         if swa.extra_bytes:  # a sliding-window model: say which cache it gets, and why
             info["swa_full"] = swa.on
-            log.info("swa_cache", model=model.name, swa_full=swa.on, extra_mib=mib(swa.extra_bytes), reason=swa.reason)
+            log.info(
+                "swa_cache",
+                model=model.name,
+                swa_full=swa.on,
+                extra_mib=mib(swa.extra_bytes),
+                reason=swa.reason,
+            )
         log.info("placed", model=model.name, ctx=ctx, evict=decision.evict, **info, ngl=decision.n_gpu_layers)
         return Go(evict=decision.evict, placement=placement, info=info, env=env)
 
