@@ -132,7 +132,7 @@ def estimate(
     if flavor not in ("upstream", "ik"):
         raise ValueError(f"flavor must be 'upstream' or 'ik', not {flavor!r}")
     v_type = kv_type_v or kv_type
-    cells = -(-ctx // KV_CTX_PAD) * KV_CTX_PAD
+    cells = kv_cells(ctx, n_parallel, kv_unified, flavor)
     swa = swa_cells(info, cells, n_parallel, n_ubatch, kv_unified, flavor, swa_full)
     is_swa = list(info.swa_layers) + [False] * info.n_layer
     rs_per_layer = recurrent_state_bytes(info, n_parallel)
@@ -210,6 +210,17 @@ def recurrent_state_bytes(info: ModelInfo, n_parallel: int) -> list[int]:
     return [per_layer if recr[il] else 0 for il in range(n)]
 
 
+def kv_cells(ctx: int, n_parallel: int, kv_unified: bool, flavor: str) -> int:
+    """KV cells of all streams together: -c padded to 256; upstream with split streams
+    (-np > 1, no -kvu) pads each sequence's share to 256 again (llama-context.cpp n_ctx_seq:
+    -c 4096 -np 3 holds 3 x 1536 cells, measured)."""
+    cells = -(-ctx // KV_CTX_PAD) * KV_CTX_PAD
+    if flavor != "upstream" or kv_unified or n_parallel <= 1:
+        return cells
+    per_seq = -(-(cells // n_parallel) // KV_CTX_PAD) * KV_CTX_PAD
+    return per_seq * n_parallel
+
+
 def swa_cells(
     info: ModelInfo, cells: int, n_parallel: int, n_ubatch: int, kv_unified: bool, flavor: str, swa_full: bool
 ) -> int:
@@ -269,6 +280,8 @@ def _compute_bytes(
         per_token = 3 * f + 5 * e
     per_token = max(per_token, _mla_attention_floats(info), _mamba_floats(info))
     activations = ub * 4 * (per_token + 10)
+    # the worst-case graph carries every sequence's state through a Mamba layer (one layer's worth)
+    activations += max(0, n_parallel - 1) * max(recurrent_state_bytes(info, 1), default=0)
     kv_seq = cells if kv_unified else -(-cells // n_parallel)
     if not any(h for il, h in enumerate(info.n_head_kv) if not _is_recurrent(info, il)):
         total = activations  # no attention layer: no mask, no KQ
