@@ -145,7 +145,9 @@ def estimate(
     if gpu and info.tensor_bytes("output.weight"):
         nonrepeating -= info.tensor_bytes("token_embd.weight")  # input embeddings stay on host
     weights = sum(info.layer_bytes) + nonrepeating
-    compute = _compute_bytes(info, cells, n_parallel, n_batch, n_ubatch, flash_attn, kv_unified, flavor)
+    compute = _compute_bytes(
+        info, cells, n_parallel, n_batch, n_ubatch, flash_attn, kv_unified, flavor, kv_type
+    )
     if flash_attn and swa != cells and any(info.swa_layers):
         # the SWA cache has its own f16 mask, ubatch x cells of one stream
         streams = 1 if kv_unified else n_parallel
@@ -175,15 +177,16 @@ def kv_layer_bytes(
 ) -> int:
     """KV cache bytes of layer `il` holding `cells` cells (all streams).
 
-    - encoders (bert, ...) and recurrent layers: none (llama.cpp makes no KV for them;
-      a recurrent layer's state is `recurrent_state_bytes`).
+    - encoders (bert, ...) on upstream, and recurrent layers: none (llama.cpp makes no KV
+      for them; a recurrent layer's state is `recurrent_state_bytes`). ik_llama.cpp gives an
+      encoder an ordinary full-size K + V cache (measured).
     - MLA (deepseek2): the cache is K only, one row of kv_lora_rank + rope dims per cell
       (the GGUF's key_length with one KV head); V is a view of it (llama-kv-cache.cpp
       `has_v = !is_mla`). ik stores the same row, in the V type when flash attention is off
       (its default -mla 3).
     - otherwise K + V rows of n_head_kv x head size.
     """
-    if not info.has_kv_cache or (il < len(info.recurrent_layers) and info.recurrent_layers[il]):
+    if (not info.has_kv_cache and flavor == "upstream") or _is_recurrent(info, il):
         return 0
     h = info.n_head_kv[il] if il < len(info.n_head_kv) else 0
     if info.is_mla:
@@ -249,6 +252,7 @@ def _compute_bytes(
     flash_attn: bool,
     kv_unified: bool,
     flavor: str,
+    kv_type: str = "f16",
 ) -> int:
     """Peak of llama.cpp's graph allocator for one worst-case ubatch.
 
@@ -267,7 +271,13 @@ def _compute_bytes(
     """
     ub = min(n_ubatch, n_batch, cells)
     if not info.has_kv_cache:
-        return _encoder_compute_bytes(info, ub, flash_attn)
+        return (
+            _encoder_compute_bytes(info, ub, flash_attn)
+            if flavor == "upstream"
+            else _ik_encoder_compute_bytes(info, ub)
+        )
+    if flavor == "ik" and info.is_mla and flash_attn and ub >= IK_MLA_PP_MIN_TOKENS:
+        return _ik_mla_compute_bytes(info, cells, ub, kv_type)
     e, f = info.n_embd, info.n_ff
     e_kv = max(info.n_head_kv, default=0) * info.key_length
     if info.n_layer <= 1:
@@ -328,6 +338,35 @@ def _mamba_floats(info: ModelInfo) -> int:
     mixer = (74 * d_inner + 27 * bc) // 10 + 233
     ffn = 3 * info.n_ff + 5 * info.n_embd + (7 * d_inner) // 2
     return max(mixer, ffn)
+
+
+# ik_llama.cpp's MLA graph takes its prompt-processing path (`pp_opt`) from 128 tokens on.
+IK_MLA_PP_MIN_TOKENS = 128
+
+
+def _ik_mla_compute_bytes(info: ModelInfo, cells: int, ub: int, kv_type: str) -> int:
+    """ik_llama.cpp, MLA with flash attention (-mla 3), a prompt-sized ubatch: each layer
+    decompresses the whole latent cache through wkv_b into f32 K-nope and V for every head,
+    then builds a per-head K in the cache type (llama-build-context.cpp `pp_opt`), so the
+    compute buffer grows with the context: per cell n_head x (nope + v) f32 + a row of
+    n_head x (rope + nope) in the KV type, plus the f16 mask and ~4E f32 per token
+    (measured on the generated deepseek2: 2048..16384 cells, f16/q8_0, within 4 %).
+    ik keeps one stream for all sequences, so `cells` is the whole cache. No -amb split is
+    modelled (its default, 0, never splits)."""
+    rope = info.rope_dim
+    nope = max(info.key_length_mla - rope, 0)
+    per_cell = info.n_head * (nope + info.value_length_mla) * 4 + kv_row_bytes(
+        kv_type, info.n_head * (rope + nope)
+    )
+    return cells * per_cell + ub * cells * 2 + ub * 4 * 4 * info.n_embd
+
+
+def _ik_encoder_compute_bytes(info: ModelInfo, ub: int) -> int:
+    """ik_llama.cpp, non-causal encoder: the ubatch attends to itself without flash
+    attention, f32 KQ per head plus masks, ub^2 x (4 n_head + 10) bytes, and 4E f32 per
+    token (measured on generated bert models: n_head 2..8, E 128/256, ubatch 256..4096,
+    within 6 %; independent of the context)."""
+    return ub * ub * (4 * info.n_head + 10) + ub * 4 * 4 * info.n_embd
 
 
 def _encoder_compute_bytes(info: ModelInfo, ub: int, flash_attn: bool) -> int:
