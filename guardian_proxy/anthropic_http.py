@@ -34,7 +34,14 @@ from guardian_proxy.context import ProxyContext, ctx_of
 from guardian_proxy.errors_http import anthropic_error
 from guardian_proxy.loading import Progress
 from guardian_proxy.ollama_http.upstream import BROKEN_STREAM, sse_batches
-from guardian_proxy.relay import STREAM_HEADERS, UpstreamError, leased, upstream, write_quietly
+from guardian_proxy.relay import (
+    STREAM_HEADERS,
+    UpstreamError,
+    leased,
+    upstream,
+    upstream_error_message,
+    write_quietly,
+)
 from guardian_proxy.supervisor_link import Lease
 from shared.errors import GuardianError
 
@@ -64,17 +71,8 @@ async def _plan(request: web.Request, *, count_only: bool) -> MessagesPlan:
 
 
 def _upstream_failure(status: int, raw: bytes) -> AnthropicError:
-    """llama-server's error answer ({"error":{"message"}}) with its status."""
-    message = raw.decode("utf-8", "replace").strip()
-    with contextlib.suppress(ValueError):
-        err = json.loads(raw).get("error")
-        if isinstance(err, dict) and isinstance(err.get("message"), str):
-            message = err["message"]
-        elif isinstance(err, str):
-            message = err
-    return AnthropicError(
-        status if 400 <= status <= 599 else 502, message or f"llama-server answered {status}"
-    )
+    """llama-server's error answer with its status."""
+    return AnthropicError(status if 400 <= status <= 599 else 502, upstream_error_message(raw, status))
 
 
 async def _post_json(pc: ProxyContext, lease: Lease, path: str, body: dict[str, Any]) -> dict[str, Any]:

@@ -130,7 +130,9 @@ async def pipe(
     """
     ctype = up.headers.get("Content-Type", "application/json")
     if resp is not None and (up.status != 200 or not ctype.startswith("text/event-stream")):
-        await write_quietly(resp, sse_error_event(_error_message(await up.read(), up.status), up.status))
+        await write_quietly(
+            resp, sse_error_event(upstream_error_message(await up.read(), up.status), up.status)
+        )
         await resp.write_eof()
         return resp
     if not ctype.startswith("text/event-stream"):
@@ -167,11 +169,15 @@ async def pipe(
     return resp
 
 
-def _error_message(raw: bytes, status: int) -> str:
+def upstream_error_message(raw: bytes, status: int) -> str:
+    """The message of llama-server's error answer ({"error": {"message"}} or {"error": "..."}),
+    else its text (first 500 characters), else the status."""
     try:
         err = json.loads(raw).get("error")
     except (ValueError, AttributeError):
         err = None
     if isinstance(err, dict) and err.get("message"):
         return str(err["message"])
-    return raw.decode(errors="replace")[:500] or f"llama-server answered {status}"
+    if isinstance(err, str) and err:
+        return err
+    return raw.decode(errors="replace").strip()[:500] or f"llama-server answered {status}"

@@ -197,6 +197,8 @@ def register(main: click.Group) -> None:
                 click.echo(f"llama-fit-params: {r['fit_params_error']}")
             swa = r.get("swa_full") or {}
             if swa.get("reason") not in (None, "no sliding-window layers"):
-                click.echo(f"sliding-window cache: {'full (--swa-full)' if swa['on'] else 'window only'}: {swa['reason']}")
+                click.echo(
+                    f"sliding-window cache: {'full (--swa-full)' if swa['on'] else 'window only'}: {swa['reason']}"
+                )
 
         emit(as_json, r, human)

@@ -76,6 +76,7 @@ class Estimate:
     total_bytes: int
     host_cache_bytes: int = 0  # ik's host prompt cache (--cache-ram), in total_bytes on CPU runs
     rs_bytes: int = 0  # recurrent state (Mamba/RWKV layers), already counted in kv_bytes
+    projector_bytes: int = 0  # --mmproj weights, in nonrepeating_bytes (planner.with_projector)
 
     @property
     def per_layer_bytes(self) -> list[int]:
@@ -96,6 +97,7 @@ class Estimate:
             "overhead_mib": _mib(self.overhead_bytes),
             "host_cache_mib": _mib(self.host_cache_bytes),
             "rs_mib": _mib(self.rs_bytes),
+            "projector_mib": _mib(self.projector_bytes),
             "total_mib": _mib(self.total_bytes),
         }
 

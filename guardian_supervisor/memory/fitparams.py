@@ -101,12 +101,17 @@ class LaunchKnobs:
     ngl: int = 99
     n_cpu_moe: int = 0
     swa_full: bool = False
+    kv_unified: bool = False
 
     def key(self) -> str:
         return (
-            f"ctx={self.ctx}|np={self.n_parallel}|kv={self.kv_type}|b={self.n_batch}|ub={self.n_ubatch}"
-            f"|fa={self.flash_attn}|ngl={self.ngl}|ncmoe={self.n_cpu_moe}"
-        ) + ("|swa_full" if self.swa_full else "")
+            (
+                f"ctx={self.ctx}|np={self.n_parallel}|kv={self.kv_type}|b={self.n_batch}|ub={self.n_ubatch}"
+                f"|fa={self.flash_attn}|ngl={self.ngl}|ncmoe={self.n_cpu_moe}"
+            )
+            + ("|swa_full" if self.swa_full else "")
+            + ("|kvu" if self.kv_unified else "")
+        )
 
 
 def fit_argv(binary: str, model: Path, k: LaunchKnobs) -> list[str]:
@@ -119,6 +124,8 @@ def fit_argv(binary: str, model: Path, k: LaunchKnobs) -> list[str]:
         argv += ["--n-cpu-moe", str(k.n_cpu_moe)]
     if k.swa_full:
         argv += ["--swa-full"]
+    if k.kv_unified:
+        argv += ["-kvu"]
     # -v: the log's breakdown table has the CPU_REPACK row that stdout leaves out.
     return [*argv, "-fit", "off", "--fit-print", "on", "-v"]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shlex
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -74,6 +75,7 @@ def estimate_for(
     gpu: bool,
     overhead: int | None,
     swa_full: bool = False,
+    kv_unified: bool = False,
 ) -> Estimate:
     flash = model.flash_attn != "off"  # llama-server's "auto" turns it on wherever it is supported
     return estimate(
@@ -89,7 +91,27 @@ def estimate_for(
         overhead_bytes=overhead,
         host_cache_bytes=IK_CACHE_RAM_MIB * MiB if flavor == "ik" else 0,
         swa_full=swa_full,
+        kv_unified=kv_unified,
     )
+
+
+def with_projector(est: Estimate, projector_bytes: int) -> Estimate:
+    """Add a vision/audio projector's (--mmproj) weights: llama-server loads the whole file
+    onto the main GPU (unless --no-mmproj-offload), apart from the model's layers. Its
+    per-image compute buffer is allocated only when an image arrives and is not counted."""
+    return replace(
+        est,
+        nonrepeating_bytes=est.nonrepeating_bytes + projector_bytes,
+        weights_bytes=est.weights_bytes + projector_bytes,
+        total_bytes=est.total_bytes + projector_bytes,
+        projector_bytes=projector_bytes,
+    )
+
+
+def kv_unified_in(args: list[str]) -> bool:
+    """Whether extra arguments ask upstream for one KV buffer shared by all slots (-kvu);
+    Guardian passes -np itself, which leaves upstream's default (a stream per slot)."""
+    return bool({"-kvu", "--kv-unified"} & set(args))
 
 
 @dataclass(frozen=True)
@@ -100,7 +122,13 @@ class SwaChoice:
 
 
 def choose_swa_full(
-    info: ModelInfo, model: ModelConfig, ctx: int, flavor: str, carry_over: bool, max_extra_bytes: int
+    info: ModelInfo,
+    model: ModelConfig,
+    ctx: int,
+    flavor: str,
+    carry_over: bool,
+    max_extra_bytes: int,
+    kv_unified: bool = False,
 ) -> SwaChoice:
     """Whether upstream runs `model` with --swa-full.
 
@@ -113,7 +141,8 @@ def choose_swa_full(
     if not info.sliding_window or not any(info.swa_layers):
         return SwaChoice(False, "no sliding-window layers")
     full, window = (
-        estimate_for(info, model, ctx, flavor, False, 0, swa_full=f).kv_bytes for f in (True, False)
+        estimate_for(info, model, ctx, flavor, False, 0, swa_full=f, kv_unified=kv_unified).kv_bytes
+        for f in (True, False)
     )
     extra = full - window
     if model.swa_full != "auto":
@@ -142,7 +171,8 @@ def prefer_measured(est: Estimate, meas: dict[str, Any] | None) -> Estimate:
 
     model_b, kv_b = int(meas.get("model_bytes", 0)), int(meas.get("kv_bytes", 0))
     layers = (
-        scale(est.layer_weight_bytes, max(0, model_b - est.nonrepeating_bytes))
+        # the projector is not in llama-server's model buffers (clip loads it on its own)
+        scale(est.layer_weight_bytes, max(0, model_b - (est.nonrepeating_bytes - est.projector_bytes)))
         if model_b
         else est.layer_weight_bytes
     )
@@ -203,7 +233,7 @@ def offload_note(
     return note
 
 
-def knobs_for(model: ModelConfig, ctx: int, swa_full: bool = False) -> LaunchKnobs:
+def knobs_for(model: ModelConfig, ctx: int, swa_full: bool = False, kv_unified: bool = False) -> LaunchKnobs:
     """The memory-relevant launch settings, as build_argv passes them to llama-server."""
     return LaunchKnobs(
         ctx=launch_ctx(model, ctx),
@@ -214,6 +244,7 @@ def knobs_for(model: ModelConfig, ctx: int, swa_full: bool = False) -> LaunchKno
         flash_attn=model.flash_attn,
         ngl=model.ngl,
         swa_full=swa_full,
+        kv_unified=kv_unified,
     )
 
 
@@ -267,9 +298,12 @@ class VramPlanner:
         return self.config.data_dir / "measured.json"
 
     async def info(self, model: ModelConfig) -> ModelInfo:
-        key = (str(model.path), (await asyncio.to_thread(model.path.stat)).st_mtime)
+        return await self._file_info(model.path)
+
+    async def _file_info(self, path: Path) -> ModelInfo:
+        key = (str(path), (await asyncio.to_thread(path.stat)).st_mtime)
         if key not in self._info:
-            self._info[key] = await asyncio.to_thread(read_model_info, model.path)
+            self._info[key] = await asyncio.to_thread(read_model_info, path)
         return self._info[key]
 
     async def measured(self) -> dict[str, Any]:
@@ -305,12 +339,21 @@ class VramPlanner:
         overhead_mb = self.config.settings.gpus.overhead_mb
         overhead = (overhead_mb * MiB if overhead_mb is not None else None) if gpu else 0
         s = self.config.settings.sessions
-        swa = choose_swa_full(info, model, ctx, backend.flavor, s.carry_over, s.swa_full_max_mb * MiB)
-        est = estimate_for(info, model, ctx, backend.flavor, gpu, overhead, swa_full=swa.on)
+        unified = backend.flavor == "upstream" and kv_unified_in(
+            [*shlex.split(backend.extra_args), *model.extra_argv]
+        )
+        swa = choose_swa_full(
+            info, model, ctx, backend.flavor, s.carry_over, s.swa_full_max_mb * MiB, unified
+        )
+        est = estimate_for(
+            info, model, ctx, backend.flavor, gpu, overhead, swa_full=swa.on, kv_unified=unified
+        )
+        if model.mmproj is not None:
+            est = with_projector(est, (await self._file_info(model.mmproj)).weights_bytes)
         meas = (await self.measured()).get(await asyncio.to_thread(measured_key, model, ctx, swa.on))
         proj, fit_error = None, None
         if backend.flavor == "upstream":
-            knobs = knobs_for(model, ctx, swa.on)
+            knobs = knobs_for(model, ctx, swa.on, unified)
             fp = await self.fitparams()
             try:
                 run = not meas and not (for_planning and inv.mode == "simulated")
@@ -409,7 +452,13 @@ class VramPlanner:
             log.warning("offloaded", model=model.name, **note)
         if swa.extra_bytes:  # a sliding-window model: say which cache it gets, and why
             info["swa_full"] = swa.on
-            log.info("swa_cache", model=model.name, swa_full=swa.on, extra_mib=mib(swa.extra_bytes), reason=swa.reason)
+            log.info(
+                "swa_cache",
+                model=model.name,
+                swa_full=swa.on,
+                extra_mib=mib(swa.extra_bytes),
+                reason=swa.reason,
+            )
         log.info("placed", model=model.name, ctx=ctx, evict=decision.evict, **info, ngl=decision.n_gpu_layers)
         return Go(evict=decision.evict, placement=placement, info=info, env=env)
 

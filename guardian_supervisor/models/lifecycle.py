@@ -254,6 +254,7 @@ class Lifecycle:
             f"{self.config.settings.supervisor.health_watchdog_s:g}) and starting it again"
         )
         log.error("llama_server_stuck", model=rt.name, pid=child.pid, silent_s=round(silent_s, 1))
+        rt.last_restart = {"at": time.time(), "reason": rt.last_error}
         rt.last_error_tail = child.tail()
         rt.set_state(State.FAILED, rt.last_error)
         rt.cancel_idle_timer()

@@ -74,6 +74,9 @@ class ModelRuntime:
     request_timeout_s: float = 600.0  # from the size tier, worked out at launch (not per request)
     last_error: str | None = None
     last_error_tail: list[str] = field(default_factory=list)
+    # Why the supervisor last killed and restarted it on its own: kept across the restart,
+    # which clears last_error once the new server starts.
+    last_restart: dict[str, Any] | None = None
     keep_alive_s: float | None = None  # from the last request that set it; None = model/settings default
     idle_timer: asyncio.TimerHandle | None = None
     idle_deadline_wall: float | None = None
@@ -129,6 +132,7 @@ class ModelRuntime:
             "expires_at": self.idle_deadline_wall,
             "keep_alive_s": self.keep_alive_s,
             "last_error": self.last_error,
+            "last_restart": self.last_restart,
             "log_tail": (child.tail(tail_lines) if child else []) or self.last_error_tail[-tail_lines:],
             "path": str(self.config.path),
             "backend": self.config.backend,

@@ -90,7 +90,6 @@ class Candidate:
     model: str
     oldest: float  # when its oldest waiter arrived
     priority: int
-    waiters: int
 
 
 def choose_next(candidates: list[Candidate], window_s: float) -> Candidate | None:
@@ -406,7 +405,7 @@ class Scheduler:
                 groups.setdefault(w.model, []).append(w)
         pick = choose_next(
             [
-                Candidate(m, min(w.since for w in ws), self.runtimes[m].config.priority, len(ws))
+                Candidate(m, min(w.since for w in ws), self.runtimes[m].config.priority)
                 for m, ws in groups.items()
             ],
             self.config.settings.supervisor.swap_fairness_s,

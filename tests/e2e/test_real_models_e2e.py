@@ -138,18 +138,9 @@ def test_swap_round_trips(g: Guardian) -> None:
     assert len(set(pids)) == 6, "every swap started a fresh server"
 
 
-CARRY = [
-    IK,
-    pytest.param(
-        UP,
-        marks=pytest.mark.xfail(
-            reason="upstream restores the slot (n_restored right) but re-reads the whole prompt "
-            "(cache_n 0): likely Gemma's sliding-window KV cache, which upstream keeps only "
-            "for the window unless --swa-full; not yet diagnosed",
-            strict=False,
-        ),
-    ),
-]
+# Upstream gets --swa-full for Gemma here (carry-over on, +105 MiB at 8192): without it the
+# restored slot lacks the early positions of the sliding-window layers and is re-read.
+CARRY = FLAVORS
 
 
 @pytest.mark.parametrize("m", CARRY)
@@ -161,6 +152,7 @@ def test_carry_over_across_a_swap(g: Guardian, m: str) -> None:
     chat(g, UP if m == IK else IK, [{"role": "user", "content": "hi"}])  # swap m out, its slot saved
     second = complete(g, m, LONG + first["choices"][0]["text"] + " And then?", 4)
     prompt_n = second["timings"]["prompt_n"]
+    assert ("--swa-full" in g.model(m)["argv"]) == (m == UP), "upstream Gemma: full-size SWA cache"
     # The restored slot held the whole first turn: only the new turn is read.
     assert prompt_n < 0.1 * second["usage"]["prompt_tokens"], second["timings"]
     restored = [ln for ln in g.log().splitlines() if "session_restored" in ln and f"model={m} " in ln]
@@ -209,7 +201,8 @@ def test_measured_buffers_replace_the_estimate(g: Guardian, model: str) -> None:
     # no buffer line measures), not the file's estimate.
     assert abs(r["planned_total_mib"] - (meas["total_bytes"] + est["host_cache_mib"])) < 0.05, r
     est_total = est["total_mib"] - est["host_cache_mib"]
-    # Issue 14: the estimator over-counts Gemma's sliding-window KV; recorded, not asserted.
+    # The KV estimate follows the cache each fork keeps (upstream here: --swa-full).
+    assert abs(est["kv_mib"] / meas["kv_bytes"] - 1) < 0.05, r
     print(
         f"{model}: estimate {est_total:.1f} MiB (kv {est['kv_mib']}) vs measured "
         f"{meas['total_bytes']:.1f} MiB (kv {meas['kv_bytes']}); kv ratio {est['kv_mib'] / meas['kv_bytes']:.2f}"

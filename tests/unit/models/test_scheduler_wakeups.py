@@ -289,8 +289,8 @@ async def test_random_orders_of_events_never_strand_a_waiter(tmp_path, seed):
 
 
 def test_choose_next_takes_the_oldest_waiter_and_priority_breaks_near_ties():
-    a, b = Candidate("a", 10.0, 0, 3), Candidate("b", 11.0, 5, 1)
+    a, b = Candidate("a", 10.0, 0), Candidate("b", 11.0, 5)
     assert choose_next([a, b], window_s=2.0) == b  # within a window of the oldest: priority wins
     assert choose_next([a, b], window_s=0.5) == a  # older by more than a window: age wins
-    assert choose_next([a, Candidate("c", 10.0, 0, 1)], window_s=2.0) == a  # then age, then name
+    assert choose_next([a, Candidate("c", 10.0, 0)], window_s=2.0) == a  # then age, then name
     assert choose_next([], window_s=2.0) is None
