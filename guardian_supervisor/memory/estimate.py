@@ -8,8 +8,9 @@ The compute-buffer formula was fitted against upstream llama-server build 11434 
 dense llama-architecture models; see `_compute_bytes`. Sliding-window attention is modelled
 (`swa_cells`, measured exact on Gemma 3), and so are routed MoE models' compute terms
 (`moe_activation_floats`; ik_llama.cpp: `ik_activation_floats`, measured on tiny qwen3,
-qwen3moe and gpt-oss). MLA and recurrent/hybrid models are not modelled specially yet:
-their KV and compute figures are rough.
+qwen3moe and gpt-oss). MLA (`kv_layer_bytes`: one latent row, K only), recurrent state
+(`recurrent_state_bytes`: f32 per sequence) and encoders (no cache) are modelled per layer,
+measured on generated deepseek2 / granitehybrid / bert models.
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ class Estimate:
     overhead_bytes: int
     total_bytes: int
     host_cache_bytes: int = 0  # ik's host prompt cache (--cache-ram), in total_bytes on CPU runs
+    rs_bytes: int = 0  # recurrent state (Mamba/RWKV layers), already counted in kv_bytes
     projector_bytes: int = 0  # --mmproj weights, in nonrepeating_bytes (planner.with_projector)
 
     @property
@@ -96,6 +98,7 @@ class Estimate:
             "output_mib": _mib(self.output_bytes),
             "overhead_mib": _mib(self.overhead_bytes),
             "host_cache_mib": _mib(self.host_cache_bytes),
+            "rs_mib": _mib(self.rs_bytes),
             "projector_mib": _mib(self.projector_bytes),
             "total_mib": _mib(self.total_bytes),
         }
@@ -133,19 +136,22 @@ def estimate(
     if flavor not in ("upstream", "ik"):
         raise ValueError(f"flavor must be 'upstream' or 'ik', not {flavor!r}")
     v_type = kv_type_v or kv_type
-    cells = -(-ctx // KV_CTX_PAD) * KV_CTX_PAD
+    cells = kv_cells(ctx, n_parallel, kv_unified, flavor)
     swa = swa_cells(info, cells, n_parallel, n_ubatch, kv_unified, flavor, swa_full)
     is_swa = list(info.swa_layers) + [False] * info.n_layer
+    rs_per_layer = recurrent_state_bytes(info, n_parallel)
     kv_per_layer = [
-        (swa if is_swa[il] else cells)
-        * (kv_row_bytes(kv_type, h * info.key_length) + kv_row_bytes(v_type, h * info.value_length))
-        for il, h in enumerate(info.n_head_kv[: info.n_layer])
+        kv_layer_bytes(info, il, swa if is_swa[il] else cells, kv_type, v_type, flavor, flash_attn)
+        + rs_per_layer[il]
+        for il in range(min(info.n_layer, len(info.n_head_kv)))
     ]
     nonrepeating = info.nonrepeating_bytes
     if gpu and info.tensor_bytes("output.weight"):
         nonrepeating -= info.tensor_bytes("token_embd.weight")  # input embeddings stay on host
     weights = sum(info.layer_bytes) + nonrepeating
-    compute = _compute_bytes(info, cells, n_parallel, n_batch, n_ubatch, flash_attn, kv_unified, flavor)
+    compute = _compute_bytes(
+        info, cells, n_parallel, n_batch, n_ubatch, flash_attn, kv_unified, flavor, kv_type
+    )
     if flash_attn and swa != cells and any(info.swa_layers):
         # the SWA cache has its own f16 mask, ubatch x cells of one stream
         streams = 1 if kv_unified else n_parallel
@@ -166,7 +172,60 @@ def estimate(
         overhead_bytes=overhead,
         total_bytes=weights + kv + compute + output + overhead + host_cache,
         host_cache_bytes=host_cache,
+        rs_bytes=sum(rs_per_layer),
     )
+
+
+def kv_layer_bytes(
+    info: ModelInfo, il: int, cells: int, kv_type: str, v_type: str, flavor: str, flash_attn: bool
+) -> int:
+    """KV cache bytes of layer `il` holding `cells` cells (all streams).
+
+    - encoders (bert, ...) on upstream, and recurrent layers: none (llama.cpp makes no KV
+      for them; a recurrent layer's state is `recurrent_state_bytes`). ik_llama.cpp gives an
+      encoder an ordinary full-size K + V cache (measured).
+    - MLA (deepseek2): the cache is K only, one row of kv_lora_rank + rope dims per cell
+      (the GGUF's key_length with one KV head); V is a view of it (llama-kv-cache.cpp
+      `has_v = !is_mla`). ik stores the same row, in the V type when flash attention is off
+      (its default -mla 3).
+    - otherwise K + V rows of n_head_kv x head size.
+    """
+    if (not info.has_kv_cache and flavor == "upstream") or _is_recurrent(info, il):
+        return 0
+    h = info.n_head_kv[il] if il < len(info.n_head_kv) else 0
+    if info.is_mla:
+        width = info.kv_lora_rank + info.rope_dim if info.kv_lora_rank else h * info.key_length
+        row_type = v_type if flavor == "ik" and not flash_attn else kv_type
+        return cells * kv_row_bytes(row_type, width)
+    return cells * (kv_row_bytes(kv_type, h * info.key_length) + kv_row_bytes(v_type, h * info.value_length))
+
+
+def recurrent_state_bytes(info: ModelInfo, n_parallel: int) -> list[int]:
+    """Per layer: the f32 recurrent state of a Mamba/Mamba2 layer, for every sequence.
+
+    llama_memory_recurrent keeps, per layer and per sequence (max(1, -np) cells), a conv
+    row r of (d_conv - 1) x (d_inner + 2 x n_group x d_state) and an SSM row s of
+    d_state x d_inner, both f32 whatever -ctk/-ctv say (llama_hparams::n_embd_r/n_embd_s).
+    """
+    n = info.n_layer
+    if not any(info.recurrent_layers):
+        return [0] * n
+    conv = max(info.ssm_d_conv - 1, 0) * (info.ssm_d_inner + 2 * info.ssm_n_group * info.ssm_d_state)
+    state = info.ssm_d_state * info.ssm_d_inner
+    per_layer = (conv + state) * 4 * max(1, n_parallel)
+    recr = list(info.recurrent_layers) + [False] * n
+    return [per_layer if recr[il] else 0 for il in range(n)]
+
+
+def kv_cells(ctx: int, n_parallel: int, kv_unified: bool, flavor: str) -> int:
+    """KV cells of all streams together: -c padded to 256; upstream with split streams
+    (-np > 1, no -kvu) pads each sequence's share to 256 again (llama-context.cpp n_ctx_seq:
+    -c 4096 -np 3 holds 3 x 1536 cells, measured)."""
+    cells = -(-ctx // KV_CTX_PAD) * KV_CTX_PAD
+    if flavor != "upstream" or kv_unified or n_parallel <= 1:
+        return cells
+    per_seq = -(-(cells // n_parallel) // KV_CTX_PAD) * KV_CTX_PAD
+    return per_seq * n_parallel
 
 
 def swa_cells(
@@ -197,6 +256,7 @@ def _compute_bytes(
     flash_attn: bool,
     kv_unified: bool,
     flavor: str,
+    kv_type: str = "f16",
 ) -> int:
     """Peak of llama.cpp's graph allocator for one worst-case ubatch.
 
@@ -215,6 +275,14 @@ def _compute_bytes(
     (which is what Gemma 3's 262144-token vocabulary measures on ik).
     """
     ub = min(n_ubatch, n_batch, cells)
+    if not info.has_kv_cache:
+        return (
+            _encoder_compute_bytes(info, ub, flash_attn)
+            if flavor == "upstream"
+            else _ik_encoder_compute_bytes(info, ub)
+        )
+    if flavor == "ik" and info.is_mla and flash_attn and ub >= IK_MLA_PP_MIN_TOKENS:
+        return _ik_mla_compute_bytes(info, cells, ub, kv_type)
     e, f = info.n_embd, info.n_ff
     e_kv = max(info.n_head_kv, default=0) * info.key_length
     if flavor == "ik" and info.n_layer > 1:
@@ -229,9 +297,14 @@ def _compute_bytes(
         per_token = 2 * f + 5 * e
     else:
         per_token = 3 * f + 5 * e
+    per_token = max(per_token, _mla_attention_floats(info), _mamba_floats(info))
     activations = ub * 4 * (per_token + 10)
+    # the worst-case graph carries every sequence's state through a Mamba layer (one layer's worth)
+    activations += max(0, n_parallel - 1) * max(recurrent_state_bytes(info, 1), default=0)
     kv_seq = cells if kv_unified else -(-cells // n_parallel)
-    if flash_attn:
+    if not any(h for il, h in enumerate(info.n_head_kv) if not _is_recurrent(info, il)):
+        total = activations  # no attention layer: no mask, no KQ
+    elif flash_attn:
         # ik builds its SWA mask as large as the (full-size) cache, beside the causal one
         masks = 2 if flavor == "ik" and any(info.swa_layers) else 1
         total = activations + masks * ub * kv_seq * 2
@@ -287,6 +360,84 @@ def _attention_floor(info: ModelInfo) -> int:
     return 5 * e + 2 * q
 
 
+def _is_recurrent(info: ModelInfo, il: int) -> bool:
+    return il < len(info.recurrent_layers) and info.recurrent_layers[il]
+
+
+def _mla_attention_floats(info: ModelInfo) -> int:
+    """f32 values per ubatch token at the peak of an MLA attention block (0 without MLA).
+
+    The queries are absorbed into the latent space, so each head carries kv_lora_rank +
+    rope values twice (absorbed Q and the attention output) besides its nope part. Fitted
+    on upstream build 11434, CPU, flash attention, generated deepseek2 models (n_head 4..16,
+    kv_lora_rank 256/512, rope 64, nope 64/128): n_head x (2(L + R) + nope + 2R) + 3E,
+    within 2.5 %.
+    """
+    if not info.is_mla or not info.kv_lora_rank:
+        return 0
+    rope = info.rope_dim
+    nope = max(info.key_length_mla - rope, 0)
+    return info.n_head * (2 * (info.kv_lora_rank + rope) + nope + 2 * rope) + 3 * info.n_embd
+
+
+def _mamba_floats(info: ModelInfo) -> int:
+    """f32 values per ubatch token at the peak of a Mamba2 layer (0 without recurrent layers).
+
+    Fitted on upstream build 11434, CPU, generated granitehybrid models (d_inner 256..1024,
+    2 x n_group x d_state 128..512, ubatch 256..1024): 7.4 d_inner + 2.7 BC + 233, within
+    5 %; when the FFN is the larger, the Mamba buffers still live beside it:
+    3F + 5E + 3.5 d_inner (within 2 % for F >= 8E, +13 % at F = 16E with E = 128).
+    """
+    if not any(info.recurrent_layers) or not info.ssm_d_inner:
+        return 0
+    d_inner, bc = info.ssm_d_inner, 2 * info.ssm_n_group * info.ssm_d_state
+    mixer = (74 * d_inner + 27 * bc) // 10 + 233
+    ffn = 3 * info.n_ff + 5 * info.n_embd + (7 * d_inner) // 2
+    return max(mixer, ffn)
+
+
+# ik_llama.cpp's MLA graph takes its prompt-processing path (`pp_opt`) from 128 tokens on.
+IK_MLA_PP_MIN_TOKENS = 128
+
+
+def _ik_mla_compute_bytes(info: ModelInfo, cells: int, ub: int, kv_type: str) -> int:
+    """ik_llama.cpp, MLA with flash attention (-mla 3), a prompt-sized ubatch: each layer
+    decompresses the whole latent cache through wkv_b into f32 K-nope and V for every head,
+    then builds a per-head K in the cache type (llama-build-context.cpp `pp_opt`), so the
+    compute buffer grows with the context: per cell n_head x (nope + v) f32 + a row of
+    n_head x (rope + nope) in the KV type, plus the f16 mask and ~4E f32 per token
+    (measured on the generated deepseek2: 2048..16384 cells, f16/q8_0, within 4 %).
+    ik keeps one stream for all sequences, so `cells` is the whole cache. No -amb split is
+    modelled (its default, 0, never splits)."""
+    rope = info.rope_dim
+    nope = max(info.key_length_mla - rope, 0)
+    per_cell = info.n_head * (nope + info.value_length_mla) * 4 + kv_row_bytes(
+        kv_type, info.n_head * (rope + nope)
+    )
+    return cells * per_cell + ub * cells * 2 + ub * 4 * 4 * info.n_embd
+
+
+def _ik_encoder_compute_bytes(info: ModelInfo, ub: int) -> int:
+    """ik_llama.cpp, non-causal encoder: the ubatch attends to itself without flash
+    attention, f32 KQ per head plus masks, ub^2 x (4 n_head + 10) bytes, and 4E f32 per
+    token (measured on generated bert models: n_head 2..8, E 128/256, ubatch 256..4096,
+    within 6 %; independent of the context)."""
+    return ub * ub * (4 * info.n_head + 10) + ub * 4 * 4 * info.n_embd
+
+
+def _encoder_compute_bytes(info: ModelInfo, ub: int, flash_attn: bool) -> int:
+    """Compute buffer of a non-causal encoder (bert...): no KV cache, attention over the
+    ubatch itself. Fitted on upstream build 11434, CPU, generated bert models (E 128/256,
+    F 256..1024, ubatch 256..1024, 1..4 layers): per token max(F + 5E, 6.5E) + 5 f32
+    values, plus the ubatch x ubatch f16 mask (with flash attention; f32 KQ per head
+    without)."""
+    e, f = info.n_embd, info.n_ff
+    per_token = max(f + 5 * e, (13 * e) // 2) + 5
+    if flash_attn:
+        return ub * 4 * per_token + ub * ub * 2
+    return max(ub * 4 * per_token, ub * ub * (4 * info.n_head + 4) + ub * 4 * 8 * e)
+
+
 # --- measuring: llama-server's own log lines --------------------------------------------------
 
 
@@ -315,6 +466,7 @@ class Measured:
     offloaded_layers: int | None = None
     total_layers: int | None = None
     source: str = "none"  # "buffers" (per-buffer lines), "breakdown" (the MiB table) or "none"
+    rs_bytes: int = 0  # recurrent-state buffers ("RS buffer size"), already counted in kv_bytes
 
     @property
     def total_bytes(self) -> int:
@@ -335,11 +487,12 @@ def is_host_buffer(name: str) -> bool:
 #           "llama_kv_cache:        CPU KV buffer size =     4.00 MiB"
 #           "sched_reserve:        CPU compute buffer size =     6.27 MiB"
 #           "llama_context:        CPU  output buffer size =     0.00 MiB"
+#           "llama_memory_recurrent:        CPU RS buffer size =     0.78 MiB" (Mamba/RWKV state)
 # ik:       "llm_load_tensors:      CUDA0 buffer size =  3745.00 MiB" (no "model")
 #           "llama_kv_cache_init:      CUDA0 KV buffer size =   256.00 MiB"
 #           "llama_new_context_with_model:      CUDA0 compute buffer size =   258.50 MiB"
 _BUFFER_RE = re.compile(
-    r"(?P<dev>\S+)\s+(?:(?P<kind>model|KV|compute|output)\s+)?buffer size\s*=\s*(?P<mib>\d+(?:\.\d+)?)\s*MiB"
+    r"(?P<dev>\S+)\s+(?:(?P<kind>model|KV|RS|compute|output)\s+)?buffer size\s*=\s*(?P<mib>\d+(?:\.\d+)?)\s*MiB"
 )
 _OFFLOAD_RE = re.compile(r"offloaded (\d+)/(\d+) layers to GPU")
 # "| memory breakdown [MiB] | total free self model context compute unaccounted |" rows:
@@ -351,7 +504,15 @@ _BREAKDOWN_GPU_RE = re.compile(
 _BREAKDOWN_OTHER_RE = re.compile(
     r"\|\s*-\s*(?P<dev>\S+)[^|]*\|\s*\d+\s*=\s*(?P<m>\d+)\s*\+\s*(?P<c>\d+)\s*\+\s*(?P<k>\d+)\s*\|"
 )
-_KIND_FIELD = {None: "model", "model": "model", "KV": "kv", "compute": "compute", "output": "output"}
+# The recurrent state counts as KV: both are the context's memory (llama-fit-params' "context").
+_KIND_FIELD = {
+    None: "model",
+    "model": "model",
+    "KV": "kv",
+    "RS": "kv",
+    "compute": "compute",
+    "output": "output",
+}
 
 
 def parse_buffer_lines(lines: Iterable[str]) -> Measured:
@@ -359,17 +520,20 @@ def parse_buffer_lines(lines: Iterable[str]) -> Measured:
 
     Every buffer line counts, so a draft model's buffers add to the main model's: feed one
     process's log. When no per-buffer lines are present, the last `memory breakdown [MiB]`
-    table is used instead (its "context" column counts as KV); the first table upstream
+    table is used instead (its "context" column counts as KV, as do recurrent-state "RS"
+    buffers, also summed in `rs_bytes`); the first table upstream
     prints with `-fit on` is only a projection and the one printed at exit replaces it.
     """
     per_dev: dict[str, dict[str, int]] = {}
     table: dict[str, dict[str, int]] = {}
     offloaded: tuple[int, int] | None = None
+    rs = 0
     for line in lines:
         if m := _BUFFER_RE.search(line):
             d = per_dev.setdefault(m["dev"], {})
             kind = _KIND_FIELD[m["kind"]]
             d[kind] = d.get(kind, 0) + round(float(m["mib"]) * MIB)
+            rs += round(float(m["mib"]) * MIB) if m["kind"] == "RS" else 0
         elif m := _OFFLOAD_RE.search(line):
             offloaded = (int(m[1]), int(m[2]))
         elif "memory breakdown" in line:
@@ -391,4 +555,5 @@ def parse_buffer_lines(lines: Iterable[str]) -> Measured:
         offloaded_layers=offloaded[0] if offloaded else None,
         total_layers=offloaded[1] if offloaded else None,
         source=source,
+        rs_bytes=rs,
     )

@@ -111,6 +111,24 @@ class ModelInfo:
     def is_moe(self) -> bool:
         return self.n_expert > 0 and self.n_expert_used > 0
 
+    # Multi-head latent attention (deepseek2 and kin): both *_mla head sizes set, see `is_mla`.
+    kv_lora_rank: int = 0  # {arch}.attention.kv_lora_rank: the compressed latent per token
+    key_length_mla: int = 0
+    value_length_mla: int = 0
+    rope_dim: int = 0  # {arch}.rope.dimension_count (0 = absent)
+    # Mamba/Mamba2 state sizes ({arch}.ssm.*); recurrent_layers[il] is True for a state layer.
+    ssm_d_conv: int = 0
+    ssm_d_inner: int = 0
+    ssm_d_state: int = 0
+    ssm_n_group: int = 0
+    recurrent_layers: tuple[bool, ...] = ()
+    has_kv_cache: bool = True  # False for encoders (bert...): llama.cpp creates no memory for them
+
+    @property
+    def is_mla(self) -> bool:
+        """llama_hparams::is_mla: the cache holds one latent row (K only) per token and layer."""
+        return bool(self.key_length_mla and self.value_length_mla)
+
     @property
     def quantization_level(self) -> str:
         return self.file_type
@@ -426,7 +444,45 @@ def _build(path: Path, file_size: int, raw: _Raw, keep_arrays: bool) -> ModelInf
             arch, get("attention.sliding_window") or 0, get("attention.sliding_window_pattern"), n_layer
         ),
         **_moe_hparams(get, n_ff),
+        kv_lora_rank=int(get("attention.kv_lora_rank") or 0),
+        key_length_mla=int(get("attention.key_length_mla") or 0),
+        value_length_mla=int(get("attention.value_length_mla") or 0),
+        rope_dim=int(get("rope.dimension_count") or 0),
+        ssm_d_conv=int(get("ssm.conv_kernel") or 0),
+        ssm_d_inner=int(get("ssm.inner_size") or 0),
+        ssm_d_state=int(get("ssm.state_size") or 0),
+        ssm_n_group=int(get("ssm.group_count") or 0),
+        recurrent_layers=_recurrent_layers(arch, kv_heads, n_layer),
+        has_kv_cache=arch not in ENCODER_ARCHS,
     )
+
+
+# llm_arch_is_recurrent (llama-arch.cpp): every layer holds a recurrent state, none a KV cache.
+RECURRENT_ARCHS = frozenset({"mamba", "mamba2", "rwkv6", "rwkv6qwen2", "rwkv7", "arwkv7"})
+# Hybrids that mark a recurrent layer by head_count_kv = 0 (llama-model's granite-hybrid.cpp, jamba.cpp).
+_HYBRID_BY_ZERO_KV_HEADS = frozenset({"granitehybrid", "jamba"})
+# Architectures for which llama_model::create_memory makes no KV cache (non-causal encoders).
+ENCODER_ARCHS = frozenset(
+    {
+        "bert",
+        "jina-bert-v2",
+        "jina-bert-v3",
+        "nomic-bert",
+        "nomic-bert-moe",
+        "neo-bert",
+        "modern-bert",
+        "eurobert",
+    }
+)
+
+
+def _recurrent_layers(arch: str, kv_heads: list[int], n_layer: int) -> tuple[bool, ...]:
+    """Which layers keep a recurrent (Mamba/RWKV) state instead of a KV cache."""
+    if arch in RECURRENT_ARCHS:
+        return (True,) * n_layer
+    if arch in _HYBRID_BY_ZERO_KV_HEADS:
+        return tuple(il < len(kv_heads) and kv_heads[il] == 0 for il in range(n_layer))
+    return ()
 
 
 # Architectures whose SWA layer pattern llama-model.cpp hard-codes (`set_swa_pattern(n)`: every

