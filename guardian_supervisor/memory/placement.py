@@ -56,15 +56,28 @@ class PlaceRequest:
     # MoE: bytes of each layer's expert tensors (ffn_*_exps), part of layer_bytes. With
     # --n-cpu-moe N the experts of the first N layers stay in RAM, everything else on GPUs.
     expert_bytes: tuple[int, ...] = ()
+    # Weights the user's own -ot/--cpu-moe/--n-cpu-moe keep in RAM whatever -ngl says; not
+    # in layer_bytes/nonrepeating_bytes/expert_bytes. They bring a CPU compute buffer along.
+    ram_bytes: int = 0
 
     @property
     def n_layer(self) -> int:
         return len(self.layer_bytes)
 
     @property
+    def gpu_weights_bytes(self) -> int:
+        """Weights + KV cache that -ngl can put on the GPUs."""
+        return sum(self.layer_bytes) + self.nonrepeating_bytes
+
+    @property
     def weights_bytes(self) -> int:
         """Weights + KV cache of the whole model, without compute buffers or overhead."""
-        return sum(self.layer_bytes) + self.nonrepeating_bytes
+        return self.gpu_weights_bytes + self.ram_bytes
+
+    @property
+    def pinned_ram_bytes(self) -> int:
+        """RAM the user's overrides need with everything else on the GPUs."""
+        return self.ram_bytes + self.compute_bytes if self.ram_bytes else 0
 
 
 @dataclass(frozen=True)
@@ -174,7 +187,7 @@ def _f32(x: float) -> float:
 
 
 def _check_request(req: PlaceRequest) -> None:
-    sizes = (*req.layer_bytes, req.nonrepeating_bytes, req.compute_bytes, req.overhead_bytes)
+    sizes = (*req.layer_bytes, req.nonrepeating_bytes, req.compute_bytes, req.overhead_bytes, req.ram_bytes)
     if any(s < 0 for s in sizes):
         raise ValueError(f"placement request for {req.model!r} has a negative size")
 
@@ -237,8 +250,10 @@ def _gpu_sizes(req: PlaceRequest, ngl: int) -> list[int]:
 def _cpu_bytes(req: PlaceRequest, ngl: int) -> int:
     """RAM for what stays on the CPU with -ngl `ngl` (plus a CPU compute buffer)."""
     if ngl > req.n_layer:
-        return 0
-    return sum(req.layer_bytes[: req.n_layer - ngl]) + req.nonrepeating_bytes + req.compute_bytes
+        return req.pinned_ram_bytes
+    return (
+        sum(req.layer_bytes[: req.n_layer - ngl]) + req.nonrepeating_bytes + req.compute_bytes + req.ram_bytes
+    )
 
 
 def _greedy(sizes: Sequence[int], room: Sequence[int], ratio: float) -> list[int] | None:
@@ -394,7 +409,7 @@ def _moe_layout(req: PlaceRequest, pool: _Pool) -> _Layout | None:
         if layout is None:
             return None
         # RAM: the experts moved, plus a CPU compute buffer for their matmuls.
-        cpu = sum(req.expert_bytes[:n]) + req.compute_bytes
+        cpu = sum(req.expert_bytes[:n]) + req.compute_bytes + req.ram_bytes
         return replace(layout, cpu_bytes=cpu, n_cpu_moe=n, full=False) if cpu <= pool.cpu else None
 
     if at(n_max) is None:
@@ -517,6 +532,13 @@ def _no_fit(req: PlaceRequest, inv: Inventory, others: Sequence[Resident], limit
             f"{_mib(pool.cpu)} is available{tail}"
         )
         return NoFit(req.model, need, pool.cpu, reason)
+    if req.pinned_ram_bytes > pool.cpu:
+        reason = (
+            f"model {req.model!r} does not fit: its own tensor overrides (-ot, --cpu-moe or --n-cpu-moe "
+            f"in extra_args) keep {_mib(req.pinned_ram_bytes)} in system RAM, with a CPU compute buffer, "
+            f"but only {_mib(pool.cpu)} is available{tail}"
+        )
+        return NoFit(req.model, req.pinned_ram_bytes, pool.cpu, reason)
     if req.tensor_split is not None:
         needs = _user_needs(req, req.n_layer + 1, sorted(pool.caps))
         for idx, need in needs.items():
@@ -528,14 +550,14 @@ def _no_fit(req: PlaceRequest, inv: Inventory, others: Sequence[Resident], limit
                 return NoFit(req.model, need, pool.caps[idx], reason)
     per_dev = req.compute_bytes + req.overhead_bytes
     n = max(1, sum(1 for c in pool.caps.values() if c > per_dev))
-    need = req.weights_bytes + n * per_dev
+    need = req.gpu_weights_bytes + n * per_dev
     avail = sum(pool.caps.values())
     if pool.budget is not None:
         avail = min(avail, pool.budget)
     rooms = ", ".join(f"{_gpu_label(inv, i)}: {_mib(c)}" for i, c in sorted(pool.caps.items()))
     reason = (
         f"model {req.model!r} does not fit in GPU memory: it needs {_mib(need)} "
-        f"(weights+KV {_mib(req.weights_bytes)}, plus compute {_mib(req.compute_bytes)} and overhead "
+        f"(weights+KV {_mib(req.gpu_weights_bytes)}, plus compute {_mib(req.compute_bytes)} and overhead "
         f"{_mib(req.overhead_bytes)} on each of {n} GPU(s)) but at most {_mib(avail)} is available "
         f"({rooms}){tail}{_limit_note(pool, others, limits)}"
     )
@@ -579,7 +601,9 @@ def place(
         # Full fit: the whole model on GPUs, or in RAM when there are no GPUs.
         if not inventory.gpus:
             return _cpu_layout(request, pool)
-        return _layout(request, pool, request.n_layer + 1)
+        layout = _layout(request, pool, request.n_layer + 1)
+        # what the user's overrides keep in RAM must fit the RAM, too
+        return layout if layout is None or layout.cpu_bytes <= pool.cpu else None
 
     decision = _search(request, inventory, others, limits, fit)
     if decision is not None:

@@ -37,6 +37,7 @@ from guardian_supervisor.memory.fitparams import (
 )
 from guardian_supervisor.memory.gguf_info import GGUFError, ModelInfo, read_model_info
 from guardian_supervisor.memory.gpus import GpuSource, Inventory, recovery_target, wait_for_release
+from guardian_supervisor.memory.tensor_overrides import PinnedToRam, parse_rules, pinned_to_ram
 from guardian_supervisor.models.argv import IK_CACHE_RAM_MIB, Placement, launch_ctx
 from guardian_supervisor.models.plans import Go, PlanResult, Refuse, Wait
 from guardian_supervisor.models.runtime import ModelRuntime, Profile
@@ -206,6 +207,26 @@ def expert_bytes(info: ModelInfo) -> tuple[int, ...]:
         if (m := _EXPERT_RE.match(t.name)) and int(m[1]) < len(per):
             per[int(m[1])] += t.n_bytes
     return tuple(per) if any(per) else ()
+
+
+def ram_pinned_request(req: pl.PlaceRequest, pinned: PinnedToRam) -> pl.PlaceRequest:
+    """`req` with the weights the user's own tensor overrides keep in RAM taken off the
+    layers (and off the experts Guardian could move itself) and counted as RAM."""
+    if not pinned.total:
+        return req
+    n = len(req.layer_bytes)
+    moved = [
+        min(pinned.per_layer[i] if i < len(pinned.per_layer) else 0, b) for i, b in enumerate(req.layer_bytes)
+    ]
+    other = min(pinned.other, req.nonrepeating_bytes)
+    experts = tuple(max(e - (moved[i] if i < n else 0), 0) for i, e in enumerate(req.expert_bytes))
+    return replace(
+        req,
+        layer_bytes=tuple(b - m for b, m in zip(req.layer_bytes, moved, strict=True)),
+        nonrepeating_bytes=req.nonrepeating_bytes - other,
+        expert_bytes=experts if any(experts) else (),
+        ram_bytes=sum(moved) + other,
+    )
 
 
 def offload_note(
@@ -392,15 +413,21 @@ class VramPlanner:
         inv = await self.snapshot()
         s = self.config.settings
         vram_limit = s.proxy.vram_limit_mb * MiB if s.proxy.vram_limit_mb else None
-        request = pl.PlaceRequest(
-            model=model.name,
-            layer_bytes=tuple(use.per_layer_bytes),
-            nonrepeating_bytes=use.nonrepeating_bytes + use.output_bytes,
-            compute_bytes=use.compute_bytes,
-            overhead_bytes=use.overhead_bytes,
-            tensor_split=model.split,
-            allow_cpu_offload=model.cpu_offload or model.offload == "auto",
-            expert_bytes=expert_bytes(await self.info(model)),
+        gguf = await self.info(model)
+        backend = self.config.backend_of(model)
+        pinned = pinned_to_ram(gguf, parse_rules([*shlex.split(backend.extra_args), *model.extra_argv]))
+        request = ram_pinned_request(
+            pl.PlaceRequest(
+                model=model.name,
+                layer_bytes=tuple(use.per_layer_bytes),
+                nonrepeating_bytes=use.nonrepeating_bytes + use.output_bytes,
+                compute_bytes=use.compute_bytes,
+                overhead_bytes=use.overhead_bytes,
+                tensor_split=model.split,
+                allow_cpu_offload=model.cpu_offload or model.offload == "auto",
+                expert_bytes=expert_bytes(gguf),
+            ),
+            pinned,
         )
         others = []
         for r in residents:
@@ -438,6 +465,8 @@ class VramPlanner:
             "gpus": list(decision.gpus),
             "per_gpu_mib": {str(k): mib(v) for k, v in decision.per_gpu_bytes.items()},
         }
+        if request.ram_bytes and inv.gpus:  # the user's -ot/--n-cpu-moe: say what stays in RAM
+            info["ram_by_extra_args_mib"] = mib(request.ram_bytes)
         # Recorded before any await: a plan made meanwhile must see this model's bytes.
         self.placed[model.name] = Placed(
             dict(decision.per_gpu_bytes), decision.cpu_bytes, use.total_bytes, decision.gpus, swa_full=swa.on

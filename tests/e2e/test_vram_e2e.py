@@ -202,3 +202,32 @@ def test_busy_model_is_not_evicted_until_its_request_finishes(guardian_factory, 
     t2.join()
     assert done["slow"] < done["next"], "the swap waited for the busy model's request"
     assert states(g) == {"slow": "STOPPED", "next": "READY"}
+
+
+def test_the_users_cpu_moe_is_counted_as_ram_not_vram(guardian_factory, tmp_path):
+    # A generated qwen3moe (experts ~90 % of its weights) on a simulated GPU too small for all
+    # of it: with the user's own --cpu-moe the rest fits, so it loads whole under strict.
+    from guardian_supervisor.memory.estimate import estimate
+    from guardian_supervisor.memory.gguf_info import read_model_info
+    from guardian_supervisor.memory.planner import expert_bytes
+    from tests.families.moe_families import FAMILIES, write_family_model
+
+    path = write_family_model(tmp_path / "tiny-qwen3moe.gguf", FAMILIES["qwen3moe"])
+    info = read_model_info(path)
+    experts = sum(expert_bytes(info))
+    total = estimate(info, ctx=1024, n_parallel=1, gpu=True, overhead_bytes=0).total_bytes
+    gpu_mb = int((total - experts / 2) / 2**20)  # the whole model: no; without its experts: yes
+    entry = {"path": str(path), "context": 1024, "offload": "strict"}
+    spec = {"moe": {**entry, "extra_args": "--cpu-moe"}, "moe-plain": entry}
+    g = guardian_factory(spec, sim(("sim0", gpu_mb, 0)))
+    r = chat(g.url, "moe-plain")
+    assert r.status_code == 507 and "does not fit" in r.json()["error"]["message"], r.text
+    r = chat(g.url, "moe")
+    assert r.status_code == 200, r.text
+    argv = g.model("moe")["argv"]
+    assert "--cpu-moe" in argv and "--n-cpu-moe" not in argv, argv
+    placed = g.status()["vram"]["placements"]["moe"]
+    assert placed["offload"] is None, "Guardian moved nothing itself"
+    assert placed["cpu_mib"] >= experts / 2**20, placed
+    assert sum(placed["per_gpu_mib"].values()) <= gpu_mb, placed
+    assert "ram_by_extra_args_mib" in g.log()
