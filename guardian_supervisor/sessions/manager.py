@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import structlog
 
+from guardian_supervisor.memory.gguf_info import GGUFError, ModelInfo, read_model_info
 from guardian_supervisor.metrics import SupervisorStats
 from guardian_supervisor.models.launcher import llama_session
 from guardian_supervisor.models.runtime import ModelRuntime, State
@@ -33,10 +34,10 @@ from guardian_supervisor.sessions.check import (
     watch_first_use,
 )
 from guardian_supervisor.sessions.slots import (
-    SAVE_BYTES_PER_TOKEN,
     SlotClient,
     holds_conversation,
     pick_slot,
+    save_bound,
 )
 from guardian_supervisor.sessions.store import (
     Manifest,
@@ -67,6 +68,7 @@ class SessionManager:
         self._locks: dict[str, asyncio.Lock] = {}
         self._restored: dict[str, dict[int, Restored]] = {}  # model → slot → what went in
         self._verifiers: dict[str, asyncio.Task[None]] = {}
+        self._infos: dict[tuple[str, int], ModelInfo] = {}  # for the save's size bound
 
     @property
     def store(self) -> SessionStore:
@@ -341,7 +343,7 @@ class SessionManager:
         """llama-server writes `<stem>.partial`; it becomes `<stem>.bin` + manifest here."""
         await asyncio.to_thread(self.store.discard_partial, rt.name, stem)
         tokens = n_tokens if n_tokens is not None else (target.ctx or 0) * target.parallel
-        bound = tokens * SAVE_BYTES_PER_TOKEN
+        bound = save_bound(await self._model_info(rt.config), target.kv_type, target.flavor, tokens)
         reply = await client.action(slot, "save", stem + ".partial", nbytes=bound)
         n_saved = int(reply.get("n_saved", 0))
         if n_saved <= 0:
@@ -402,6 +404,16 @@ class SessionManager:
             flavor=self.scheduler.config.backend_of(cfg).flavor,
             parallel=cfg.parallel,
         )
+
+    async def _model_info(self, cfg: ModelConfig) -> ModelInfo | None:
+        """The GGUF's layout (read once per file version), or None where it cannot be read."""
+        try:
+            key = (str(cfg.path), (await asyncio.to_thread(cfg.path.stat)).st_mtime_ns)
+            if key not in self._infos:
+                self._infos[key] = await asyncio.to_thread(read_model_info, cfg.path)
+        except (GGUFError, OSError):
+            return None
+        return self._infos[key]
 
     def _client(self, rt: ModelRuntime) -> SlotClient:
         if self._http is None:

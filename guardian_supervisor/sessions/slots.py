@@ -14,6 +14,9 @@ from typing import Any
 import aiohttp
 import structlog
 
+from guardian_supervisor.memory.estimate import kv_layer_bytes, recurrent_state_bytes
+from guardian_supervisor.memory.gguf_info import ModelInfo
+
 # Saving or restoring a slot file runs at disk speed: seconds for GiB. ik's server can lose the
 # reply to a slot action (it queues the task before it awaits the reply; the action itself
 # runs), so the wait is bounded by the file's size, not minutes, and the action is asked once
@@ -21,8 +24,9 @@ import structlog
 SLOT_IO_BASE_S = 1.5
 SLOT_IO_ATTEMPTS = 2
 SLOT_IO_BYTES_PER_S = 50 * 2**20  # a slow disk; page-cache writes run far faster
-# A save's file size is unknown before it is written: bound it by its tokens at a KV size per
-# token no model Guardian runs exceeds (a 70B f16 cache is ~0.3 MiB a token).
+# A save's file size is unknown before it is written: bound it from the model's KV rows
+# (`save_bound`), or, when the GGUF cannot say, at a KV size per token no model Guardian runs
+# exceeds (a 70B f16 cache is ~0.3 MiB a token).
 SAVE_BYTES_PER_TOKEN = 2**20
 QUICK_TIMEOUT = aiohttp.ClientTimeout(total=10)
 
@@ -31,6 +35,19 @@ log = structlog.get_logger("sessions")
 
 class SlotError(Exception):
     """llama-server refused or failed a slot action; the message is its own."""
+
+
+def save_bound(info: ModelInfo | None, kv_type: str, flavor: str, n_tokens: int) -> int:
+    """An upper bound on the file a slot holding `n_tokens` saves: every layer's K and V rows
+    per token (as if none were windowed), the recurrent state and the token ids, doubled."""
+    if info is None:
+        return n_tokens * SAVE_BYTES_PER_TOKEN
+    try:
+        row = sum(kv_layer_bytes(info, il, 1, kv_type, kv_type, flavor, True) for il in range(info.n_layer))
+    except ValueError:  # a KV type the estimator does not know
+        return n_tokens * SAVE_BYTES_PER_TOKEN
+    state = sum(recurrent_state_bytes(info, 1))
+    return 2 * (n_tokens * (row + 8) + state) + 2**20
 
 
 def slot_io_timeout(nbytes: int) -> aiohttp.ClientTimeout:

@@ -329,3 +329,21 @@ async def test_named_save_right_after_an_ik_restore(env):
     mgr._restored["m"][0] = Restored(m, 80, None, None)
     out = await mgr.save("again", "m", None, conn_id=1)
     assert out["n_tokens"] == 80 and (slot_dir / "again.bin").exists()
+
+
+def test_a_saves_wait_is_bounded_by_the_models_kv_rows():
+    # Gemma 3 270M: what ik wrote for a 1075-token slot (measured in the real-model e2e run).
+    from guardian_supervisor.memory.gguf_info import read_model_info
+    from guardian_supervisor.sessions.slots import SAVE_BYTES_PER_TOKEN, save_bound, slot_io_timeout
+    from tests.harness import ROOT
+
+    gemma = ROOT / "data" / "models" / "gemma-3-270m-q4_k_m.gguf"
+    if not gemma.exists():
+        pytest.fail(f"{gemma} missing: run 'make models'")
+    info = read_model_info(gemma)
+    written = 19_809_320
+    bound = save_bound(info, "f16", "ik", 1075)
+    assert written <= bound < 3 * written, bound
+    assert slot_io_timeout(bound).total < 3, "a lost reply costs seconds, not the 1 MiB/token guess"
+    assert save_bound(info, "q8_0", "upstream", 1075) < bound, "a quantized cache is smaller"
+    assert save_bound(None, "f16", "ik", 1075) == 1075 * SAVE_BYTES_PER_TOKEN  # unreadable GGUF
