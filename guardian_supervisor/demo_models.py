@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,12 +102,50 @@ def _vocab() -> tuple[list[str], list[float], list[int]]:
     return tokens, scores, [int(t) for t in types]
 
 
-def write_tiny_llama(path: Path, spec: TinySpec) -> Path:
-    """Write a random-weight llama model to `path` atomically (temp file + rename)."""
+def add_demo_vocab(w: gguf.GGUFWriter) -> int:
+    """The demo models' SPM vocabulary and ChatML template; returns the vocabulary size."""
+    tokens, scores, types = _vocab()
+    w.add_vocab_size(len(tokens))
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_scores(scores)
+    w.add_token_types(types)
+    w.add_unk_token_id(0)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_add_bos_token(True)
+    w.add_chat_template(CHAT_TEMPLATE)
+    return len(tokens)
+
+
+def write_gguf_atomic(path: Path, arch: str, fill: Callable[[gguf.GGUFWriter], None]) -> Path:
+    """Write a GGUF via `fill(writer)` (metadata and tensors) to a temp file, synced, then
+    rename it into place: a run that dies midway leaves no half-written model behind."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tokens, scores, types = _vocab()
-    n_vocab = len(tokens)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        w = gguf.GGUFWriter(tmp, arch)
+        fill(w)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; models are meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_tiny_llama(path: Path, spec: TinySpec) -> Path:
+    """Write a random-weight llama model to `path` atomically (temp file + rename)."""
+    n_vocab = len(_vocab()[0])
     rng = np.random.default_rng(spec.seed)
     wdtype = np.float32 if spec.dtype == "f32" else np.float16
     hd = spec.head_dim
@@ -118,11 +157,7 @@ def write_tiny_llama(path: Path, spec: TinySpec) -> Path:
     def norm() -> np.ndarray:
         return np.ones(spec.n_embd, dtype=np.float32)  # 1-d tensors stay f32, as in real models
 
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        w = gguf.GGUFWriter(tmp, "llama")
+    def fill(w: gguf.GGUFWriter) -> None:
         w.add_name(spec.name)
         w.add_file_type(gguf.LlamaFileType.ALL_F32 if spec.dtype == "f32" else gguf.LlamaFileType.MOSTLY_F16)
         w.add_block_count(spec.n_layer)
@@ -134,16 +169,7 @@ def write_tiny_llama(path: Path, spec: TinySpec) -> Path:
         w.add_layer_norm_rms_eps(1e-5)
         w.add_rope_dimension_count(hd)  # must equal n_embd / n_head ("invalid n_rot" otherwise)
         w.add_rope_freq_base(10000.0)
-        w.add_vocab_size(n_vocab)
-        w.add_tokenizer_model("llama")
-        w.add_token_list(tokens)
-        w.add_token_scores(scores)
-        w.add_token_types(types)
-        w.add_unk_token_id(0)
-        w.add_bos_token_id(1)
-        w.add_eos_token_id(2)
-        w.add_add_bos_token(True)
-        w.add_chat_template(CHAT_TEMPLATE)
+        add_demo_vocab(w)
 
         w.add_tensor("token_embd.weight", mat(n_vocab, spec.n_embd))
         for i in range(spec.n_layer):
@@ -160,18 +186,7 @@ def write_tiny_llama(path: Path, spec: TinySpec) -> Path:
         w.add_tensor("output_norm.weight", norm())
         w.add_tensor("output.weight", mat(n_vocab, spec.n_embd))
 
-        w.write_header_to_file()
-        w.write_kv_data_to_file()
-        w.write_tensors_to_file()
-        w.close()
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; models are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return write_gguf_atomic(path, "llama", fill)
 
 
 # 'demo-a' is the small default; 'demo-b' is noticeably larger (for placement demos) and uses

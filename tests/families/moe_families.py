@@ -17,15 +17,13 @@ constants, and the vocabulary and chat template are the demo llama's.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import gguf
 import numpy as np
 
-from guardian_supervisor.demo_models import CHAT_TEMPLATE, _vocab
+from guardian_supervisor.demo_models import _vocab, add_demo_vocab, write_gguf_atomic
 
 T = gguf.MODEL_TENSOR
 
@@ -120,10 +118,7 @@ def write_family_model(path: Path, spec: FamilySpec) -> Path:
     """Write a random-weight model of `spec.arch` to `path` atomically (temp file + rename).
 
     Matrices are f16, norms, biases and sinks f32 (as converted models have them)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tokens, scores, types = _vocab()
-    n_vocab, arch, hd = len(tokens), spec.arch, spec.head_dim
+    n_vocab, arch, hd = len(_vocab()[0]), spec.arch, spec.head_dim
     rng = np.random.default_rng(spec.seed)
 
     def mat(*shape: int) -> np.ndarray:
@@ -135,11 +130,7 @@ def write_family_model(path: Path, spec: FamilySpec) -> Path:
             return np.full(shape, value, dtype=np.float32)
         return rng.standard_normal(shape, dtype=np.float32) * 0.02
 
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        w = gguf.GGUFWriter(tmp, arch)
+    def fill(w: gguf.GGUFWriter) -> None:
         w.add_name(spec.name)
         w.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
         w.add_block_count(spec.n_layer)
@@ -159,16 +150,7 @@ def write_family_model(path: Path, spec: FamilySpec) -> Path:
             w.add_expert_feed_forward_length(spec.n_ff_exp)
         if spec.sliding_window:
             w.add_sliding_window(spec.sliding_window)
-        w.add_vocab_size(n_vocab)
-        w.add_tokenizer_model("llama")
-        w.add_token_list(tokens)
-        w.add_token_scores(scores)
-        w.add_token_types(types)
-        w.add_unk_token_id(0)
-        w.add_bos_token_id(1)
-        w.add_eos_token_id(2)
-        w.add_add_bos_token(True)
-        w.add_chat_template(CHAT_TEMPLATE)
+        add_demo_vocab(w)
 
         def put(
             tensor: gguf.MODEL_TENSOR, data: np.ndarray, bid: int | None = None, suffix: str = "weight"
@@ -211,16 +193,7 @@ def write_family_model(path: Path, spec: FamilySpec) -> Path:
         put(T.OUTPUT_NORM, vec(e, value=1.0))
         put(T.OUTPUT, mat(n_vocab, e))
 
-        w.write_header_to_file()
-        w.write_kv_data_to_file()
-        w.write_tensors_to_file()
-        w.close()
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return write_gguf_atomic(path, arch, fill)
 
 
 def write_families(directory: Path) -> dict[str, Path]:

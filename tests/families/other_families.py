@@ -15,8 +15,6 @@ ggml tensor {a, b, c} is numpy (c, b, a).
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +22,8 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from guardian_supervisor.demo_models import CHAT_TEMPLATE, _vocab
+from guardian_supervisor.demo_models import add_demo_vocab as _spm_vocab
+from guardian_supervisor.demo_models import write_gguf_atomic as _write_atomic
 
 T = gguf.MODEL_TENSOR
 
@@ -51,44 +50,6 @@ class _Weights:
     @staticmethod
     def zeros(*shape: int) -> np.ndarray:
         return np.zeros(shape, dtype=np.float32)
-
-
-def _write_atomic(path: Path, arch: str, fill: Callable[[gguf.GGUFWriter], None]) -> Path:
-    """Write a GGUF via `fill(writer)` to a temp file, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        w = gguf.GGUFWriter(tmp, arch)
-        fill(w)
-        w.write_header_to_file()
-        w.write_kv_data_to_file()
-        w.write_tensors_to_file()
-        w.close()
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _spm_vocab(w: gguf.GGUFWriter) -> int:
-    """The demo models' SPM vocabulary and ChatML template; returns the vocabulary size."""
-    tokens, scores, types = _vocab()
-    w.add_vocab_size(len(tokens))
-    w.add_tokenizer_model("llama")
-    w.add_token_list(tokens)
-    w.add_token_scores(scores)
-    w.add_token_types(types)
-    w.add_unk_token_id(0)
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
-    w.add_add_bos_token(True)
-    w.add_chat_template(CHAT_TEMPLATE)
-    return len(tokens)
 
 
 # --- deepseek2 (MLA) ------------------------------------------------------------------------
