@@ -50,6 +50,9 @@ class RequestStats:
     cached_tokens: int = 0
     prompt_ms: float | None = None
     predicted_ms: float | None = None
+    # The client has its stream's end marker (`data: [DONE]`): a hang-up after it is a client
+    # done reading (the OpenAI SDK closes at [DONE]), not one that went away mid-answer.
+    delivered: bool = False
 
 
 CURRENT: contextvars.ContextVar[RequestStats | None] = contextvars.ContextVar(
@@ -65,6 +68,12 @@ def note_first_byte() -> None:
     s = CURRENT.get()
     if s is not None and s.first_byte is None:
         s.first_byte = time.perf_counter()
+
+
+def note_delivered() -> None:
+    s = CURRENT.get()
+    if s is not None:
+        s.delivered = True
 
 
 def note_usage(obj: Any) -> None:
@@ -449,7 +458,8 @@ def make_metrics_middleware(metrics: ProxyMetrics) -> Middleware:
             status = e.status
             raise
         except asyncio.CancelledError:
-            status = 499  # the client went away (nginx's number for it)
+            # the client went away (nginx's number for it), unless it had the whole answer
+            status = 200 if s.delivered else 499
             raise
         finally:
             CURRENT.reset(token)

@@ -95,6 +95,9 @@ async def upstream(
             stats.upstream_s += time.perf_counter() - t0
 
 
+SSE_DONE = b"data: [DONE]\n\n"  # an OpenAI stream's last event
+
+
 async def write_quietly(resp: web.StreamResponse, data: bytes) -> None:
     """A last in-band message: the client may be gone too, and then there is nobody to tell."""
     with contextlib.suppress(ConnectionError, aiohttp.ClientConnectionError):
@@ -157,6 +160,8 @@ async def pipe(
                 if not chunk:
                     continue
             await resp.write(chunk)
+            if chunk.endswith(SSE_DONE):
+                metrics.note_delivered()
         if stream_filter is not None and (rest := stream_filter.close()):
             await resp.write(rest)
     except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as e:

@@ -56,7 +56,9 @@ def test_metrics_move_with_real_requests(guardian_factory):
 
     m = scrape(g)
     chat = "/v1/chat/completions"
-    assert value(m, "guardian_requests_total", model="demo-a", route=chat, status="200") == 2
+    assert value(m, "guardian_requests_total", model="demo-a", route=chat, status="200") == 2, m[
+        "guardian_requests_total"
+    ]
     assert value(m, "guardian_requests_total", model="demo-a", route="/api/generate", status="200") == 1
     assert value(m, "guardian_generated_tokens_total", model="demo-a") >= 3
     assert value(m, "guardian_prompt_tokens_total", model="demo-a") > 0

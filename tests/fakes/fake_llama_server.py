@@ -74,6 +74,7 @@ REQUEST_KEYS = frozenset(
         "tool_calls",  # [{"name", "arguments": dict or raw string, "id"?}]
         "token_delay_s",  # sleep before each generated delta
         "prompt_delay_s",  # sleep before the first one (prompt processing)
+        "eof_delay_s",  # sleep between `data: [DONE]` and the end of the response
         "crash_mid_stream_after",  # os._exit(1) after N content chunks
         "timings",  # exact timings values to report (prompt_n, prompt_ms, predicted_n, ...)
         "finish_reason",  # force "stop" / "length" / "tool_calls"
@@ -460,6 +461,7 @@ class Plan:
     token_delay_s: float
     prompt_delay_s: float
     crash_after: int | None
+    eof_delay_s: float = 0.0
 
     @property
     def text(self) -> str:
@@ -553,6 +555,7 @@ def make_plan(
         token_delay_s=float(cfg.get("token_delay_s", 0.0)),
         prompt_delay_s=float(cfg.get("prompt_delay_s", 0.0)),
         crash_after=int(crash) if crash is not None else None,
+        eof_delay_s=float(cfg.get("eof_delay_s", 0.0)),
     )
 
 
@@ -1325,6 +1328,8 @@ class Handlers:
         final["timings"] = plan.timings  # timings ride on the last chunk
         await send_sse(resp, final)
         await resp.write(b"data: [DONE]\n\n")
+        if plan.eof_delay_s:  # llama-server's lag between [DONE] and closing, stretched
+            await asyncio.sleep(plan.eof_delay_s)
         await resp.write_eof()
         return resp
 
@@ -1364,6 +1369,8 @@ class Handlers:
         final.update({"usage": plan.usage, "timings": plan.timings})
         await send_sse(resp, final)
         await resp.write(b"data: [DONE]\n\n")
+        if plan.eof_delay_s:  # llama-server's lag between [DONE] and closing, stretched
+            await asyncio.sleep(plan.eof_delay_s)
         await resp.write_eof()
         return resp
 

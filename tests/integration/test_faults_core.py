@@ -229,3 +229,37 @@ def test_request_timeout_comes_from_the_size_tier(fake_guardian):
     events = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: {")]
     assert "error" in events[-1]
     assert g.status()["leases"] == 0
+
+
+def test_a_client_that_closes_at_done_is_counted_served_and_one_that_hangs_up_is_not(fake_guardian):
+    # The OpenAI SDK closes the response at `data: [DONE]`, while Guardian may still wait for
+    # llama-server to end its stream: that is a 200, not a client that went away (499).
+    import openai
+
+    from tests.e2e.test_metrics_e2e import scrape, value
+
+    make, cfg, _rec = fake_guardian
+    g = make(behaviour={"eof_delay_s": 0.5})
+    client = openai.OpenAI(base_url=g.url + "/v1", api_key="none", max_retries=0)
+    chunks = list(
+        client.chat.completions.create(
+            model="fa", messages=[{"role": "user", "content": "hi"}], max_tokens=5, stream=True
+        )
+    )
+    assert chunks
+    route = "/v1/chat/completions"
+    deadline = time.monotonic() + 10
+    while not value(m := scrape(g), "guardian_requests_total", model="fa", route=route):
+        assert time.monotonic() < deadline, m.get("guardian_requests_total")
+        time.sleep(0.05)
+    assert value(m, "guardian_requests_total", model="fa", route=route, status="200") == 1, m
+    # Hanging up mid-answer is a 499.
+    write_fake_config(cfg, {"content": ["x"] * 100, "token_delay_s": 0.05})
+    body = {"model": "fa", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    with httpx.stream("POST", g.url + route, json=body, timeout=30) as r:
+        next(r.iter_raw())
+    deadline = time.monotonic() + 10
+    while not value(m := scrape(g), "guardian_requests_total", model="fa", route=route, status="499"):
+        assert time.monotonic() < deadline, m.get("guardian_requests_total")
+        time.sleep(0.05)
+    assert value(m, "guardian_requests_total", model="fa", route=route, status="200") == 1
