@@ -1,0 +1,186 @@
+"""A vision projector's (--mmproj) memory, from its GGUF metadata, and the lines that measure it.
+
+llama-server loads the projector through tools/mtmd/clip.cpp, apart from the text model:
+one weights buffer holding every tensor the file has (clip logs the sum as "load_hparams:
+model size: X MiB") and one compute buffer that clip reserves at load by building the
+encoder graph for its warm-up image (image_size x image_size, the largest it is given) and
+logs as "reserve_compute_meta: CPU compute buffer size" (ik_llama.cpp: "alloc_compute_meta").
+Both go to the first GPU unless --no-mmproj-offload (or upstream's `-mmdev none`) keeps them
+in system RAM.
+
+The compute buffer is ggml's graph allocator's high-water mark over the ViT encoder, the
+largest of four stages (all activations f32, `n` = patches + the class token):
+- attention without flash attention: the n x n scores of every head, `4 n (n_head n + 5 E)`
+  (the scores dominate; five rows of width E live beside them). ik_llama.cpp's clip always
+  runs this way (mtmd.cpp sets CLIP_FLASH_ATTN_TYPE_DISABLED); upstream does with -fa off.
+  With flash attention no scores are kept: `4 n 6 E` (q, k, v, their f16 copies, output).
+- the FFN: `4 n (n_ff + 4 E)`, the largest stage with flash attention.
+- the projector MLP: `4 P (hidden + n_embd_out) + 8 n E` (P patches, the class token dropped).
+- the input: the f32 image plus its im2col copy in the patch kernel's type, `(12 + 3 kb) s^2`.
+plus 52 bytes per position of smaller tensors. Fitted and checked on upstream build 11434 and
+ik_llama.cpp (CPU) with 40 generated llava ("mlp") projectors (tests/families/
+projector_families.py): compute within ~10 % on ViT-like shapes (n_ff >= 2 E, E >= 128),
+which with the weights puts the projector total within 5 %. Fragmentation of the allocator
+moves small cases either way. Other projector types use the same ViT terms at their
+image_size: unmeasured, and types that shrink the warm-up image (dynamic resolution) or pool
+the patches (gemma3) land above what clip reserves. An audio-only projector gets no compute
+estimate (its weights still count).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from guardian_supervisor.memory.gguf_info import ModelInfo
+
+F32 = 4
+POS_EXTRA_BYTES = 52  # per position: norms' statistics, positions, the patch index, ...
+
+
+@dataclass(frozen=True)
+class ProjectorShape:
+    """What sizes the encoder graph clip builds for its warm-up image."""
+
+    projector_type: str
+    image_size: int
+    patch_size: int
+    n_embd: int
+    n_ff: int
+    n_head: int
+    n_layer: int
+    n_patches: int
+    n_pos: int  # patches, plus one where the file has a class embedding (v.class_embd)
+    proj_hidden: int  # the projector MLP's inner width (the first mm.* matrix's output)
+    n_embd_out: int  # the projector's output width: the text model's n_embd
+    kernel_bytes: int  # bytes per element of the patch kernel: im2col's copy of the image
+
+
+def _u(meta: dict[str, object], key: str, default: int = 0) -> int:
+    v = meta.get(key, default)
+    return int(v) if isinstance(v, int | float) else default
+
+
+def projector_shape(info: ModelInfo) -> ProjectorShape | None:
+    """The vision encoder's shape from a clip GGUF's clip.vision.* keys; None where the file
+    has no vision encoder (an audio projector, or not a projector at all)."""
+    meta = info.metadata
+    image, patch = _u(meta, "clip.vision.image_size"), _u(meta, "clip.vision.patch_size")
+    if not meta.get("clip.has_vision_encoder") or image < 1 or patch < 1:
+        return None
+    tensors = {t.name: t for t in info.tensors}
+    n_patches = (image // patch) ** 2
+    mm = sorted(
+        (
+            t
+            for t in info.tensors
+            if t.name.startswith("mm.") and t.name.endswith(".weight") and len(t.shape) == 2
+        ),
+        key=lambda t: t.name,
+    )
+    out = _u(meta, "clip.vision.projection_dim") or (mm[-1].shape[1] if mm else 0)
+    kernel = tensors.get("v.patch_embd.weight")
+    kernel_bytes = max(1, round(kernel.n_bytes / kernel.n_elements)) if kernel and kernel.n_elements else 2
+    ptype = meta.get("clip.projector_type") or meta.get("clip.vision.projector_type") or ""
+    return ProjectorShape(
+        projector_type=str(ptype),
+        image_size=image,
+        patch_size=patch,
+        n_embd=_u(meta, "clip.vision.embedding_length"),
+        n_ff=_u(meta, "clip.vision.feed_forward_length"),
+        n_head=max(1, _u(meta, "clip.vision.attention.head_count", 1)),
+        n_layer=_u(meta, "clip.vision.block_count"),
+        n_patches=n_patches,
+        n_pos=n_patches + (1 if "v.class_embd" in tensors else 0),
+        proj_hidden=mm[0].shape[1] if len(mm) > 1 else 0,
+        n_embd_out=out,
+        kernel_bytes=kernel_bytes,
+    )
+
+
+def projector_compute_stages(shape: ProjectorShape, flash_attn: bool) -> dict[str, int]:
+    """Bytes live at each stage of the encoder graph (see the module docstring)."""
+    n, p, e = shape.n_pos, shape.n_patches, shape.n_embd
+    stages = {
+        "ffn": F32 * n * (shape.n_ff + 4 * e),
+        "projector": F32 * p * (shape.proj_hidden + shape.n_embd_out) + 2 * F32 * n * e,
+        "input": (3 * F32 + 3 * shape.kernel_bytes) * shape.image_size**2,
+    }
+    # flash attention keeps no scores: q, k, v, their f16 copies, the output and the residual
+    stages["attention"] = F32 * n * (6 * e if flash_attn else shape.n_head * n + 5 * e)
+    return stages
+
+
+def projector_compute_bytes(shape: ProjectorShape, flash_attn: bool) -> int:
+    """The compute buffer clip reserves for its warm-up image."""
+    return max(projector_compute_stages(shape, flash_attn).values()) + POS_EXTRA_BYTES * shape.n_pos
+
+
+@dataclass(frozen=True)
+class ProjectorEstimate:
+    weights_bytes: int
+    compute_bytes: int
+    flash_attn: bool  # whether clip's graph uses flash attention (the scores matrix or not)
+
+
+def estimate_projector(
+    info: ModelInfo, *, flavor: str = "upstream", flash_attn: bool = True
+) -> ProjectorEstimate:
+    """Weights (every tensor in the file) and the warm-up compute buffer of a projector.
+
+    Upstream's clip follows the server's -fa (auto: on where the backend supports it);
+    ik_llama.cpp's never uses flash attention."""
+    fa = flash_attn and flavor != "ik"
+    shape = projector_shape(info)
+    compute = projector_compute_bytes(shape, fa) if shape is not None else 0
+    return ProjectorEstimate(info.weights_bytes, compute, fa)
+
+
+def projector_in_ram(args: Iterable[str]) -> bool:
+    """Whether launch arguments keep the projector in system RAM: --no-mmproj-offload (both
+    forks), upstream's -mmdev/--mmproj-device none, or LLAMA_ARG_MMPROJ_OFFLOAD-style =0."""
+    words = list(args)
+    for i, w in enumerate(words):
+        flag, eq, value = w.partition("=")
+        if w == "--no-mmproj-offload":
+            return True
+        if flag in ("-mmdev", "--mmproj-device"):
+            value = value if eq else (words[i + 1] if i + 1 < len(words) else "")
+            if value.strip().lower() == "none":
+                return True
+    return False
+
+
+# upstream: "load_hparams: model size:         3.12 MiB"
+#           "reserve_compute_meta:        CPU compute buffer size =     1.52 MiB"
+# ik:       the same, with "alloc_compute_meta:"
+_CLIP_WEIGHTS_RE = re.compile(r"load_hparams:\s+model size:\s+(?P<mib>\d+(?:\.\d+)?)\s*MiB")
+_CLIP_COMPUTE_RE = re.compile(
+    r"(?:reserve|alloc)_compute_meta:\s+(?P<dev>\S+)\s+compute buffer size\s*=\s*(?P<mib>\d+(?:\.\d+)?)\s*MiB"
+)
+CLIP_COMPUTE_MARK = "_compute_meta:"  # in clip's compute lines only, never in the text model's
+
+
+@dataclass(frozen=True)
+class ProjectorMeasured:
+    weights_bytes: int
+    compute_bytes: int
+
+    @property
+    def total_bytes(self) -> int:
+        return self.weights_bytes + self.compute_bytes
+
+
+def parse_projector_lines(lines: Iterable[str]) -> ProjectorMeasured | None:
+    """What clip logged for the projector; None if the log has no projector. A warm-up that
+    retries without flash attention reserves twice: the last buffer per device counts."""
+    weights = 0
+    compute: dict[str, int] = {}
+    seen = False
+    for line in lines:
+        if m := _CLIP_WEIGHTS_RE.search(line):
+            weights, seen = round(float(m["mib"]) * (1 << 20)), True
+        elif m := _CLIP_COMPUTE_RE.search(line):
+            compute[m["dev"]] = round(float(m["mib"]) * (1 << 20))
+    return ProjectorMeasured(weights, sum(compute.values())) if seen else None
