@@ -179,6 +179,12 @@ def register(main: click.Group) -> None:
                     f"{label:<10} {e[key]:>13.2f} {fit if fit is not None else '-':>15} "
                     f"{meas if meas is not None else '-':>13}"
                 )
+            if e.get("projector_mib"):  # --mmproj: in the weights and total above unless in RAM
+                where = "system RAM (--no-mmproj-offload)" if e.get("projector_in_ram") else "the main GPU"
+                click.echo(
+                    f"projector: {e['projector_mib']:.2f} MiB weights + {e.get('projector_compute_mib', 0):.2f} MiB "
+                    f"compute, on {where}"
+                )
             layers = e["layer_weight_mib"]
             if layers:
                 click.echo(

@@ -79,6 +79,8 @@ class Estimate:
     host_cache_bytes: int = 0  # ik's host prompt cache (--cache-ram), in total_bytes on CPU runs
     rs_bytes: int = 0  # recurrent state (Mamba/RWKV layers), already counted in kv_bytes
     projector_bytes: int = 0  # --mmproj weights, in nonrepeating_bytes (planner.with_projector)
+    projector_compute_bytes: int = 0  # its warm-up compute buffer, in nonrepeating_bytes too
+    projector_in_ram: bool = False  # --no-mmproj-offload: both stay in RAM, outside the total
 
     @property
     def per_layer_bytes(self) -> list[int]:
@@ -100,6 +102,8 @@ class Estimate:
             "host_cache_mib": _mib(self.host_cache_bytes),
             "rs_mib": _mib(self.rs_bytes),
             "projector_mib": _mib(self.projector_bytes),
+            "projector_compute_mib": _mib(self.projector_compute_bytes),
+            "projector_in_ram": self.projector_in_ram,
             "total_mib": _mib(self.total_bytes),
         }
 
@@ -529,6 +533,8 @@ def parse_buffer_lines(lines: Iterable[str]) -> Measured:
     offloaded: tuple[int, int] | None = None
     rs = 0
     for line in lines:
+        if "_compute_meta:" in line:
+            continue  # the projector's (clip's) compute buffer: projector.parse_projector_lines
         if m := _BUFFER_RE.search(line):
             d = per_dev.setdefault(m["dev"], {})
             kind = _KIND_FIELD[m["kind"]]

@@ -37,6 +37,7 @@ from guardian_supervisor.memory.fitparams import (
 )
 from guardian_supervisor.memory.gguf_info import GGUFError, ModelInfo, read_model_info
 from guardian_supervisor.memory.gpus import GpuSource, Inventory, recovery_target, wait_for_release
+from guardian_supervisor.memory.projector import estimate_projector, ik_mtmd_ubatch, projector_in_ram
 from guardian_supervisor.memory.tensor_overrides import PinnedToRam, parse_rules, pinned_to_ram
 from guardian_supervisor.models.argv import IK_CACHE_RAM_MIB, Placement, launch_ctx
 from guardian_supervisor.models.plans import Go, PlanResult, Refuse, Wait
@@ -96,17 +97,31 @@ def estimate_for(
     )
 
 
-def with_projector(est: Estimate, projector_bytes: int) -> Estimate:
-    """Add a vision/audio projector's (--mmproj) weights: llama-server loads the whole file
-    onto the main GPU (unless --no-mmproj-offload), apart from the model's layers. Its
-    per-image compute buffer is allocated only when an image arrives and is not counted."""
+def with_projector(
+    est: Estimate, projector_bytes: int, compute_bytes: int = 0, in_ram: bool = False
+) -> Estimate:
+    """Add a vision/audio projector (--mmproj): its weights and the compute buffer clip
+    reserves at load for its largest image (memory/projector.py). llama-server puts both on
+    the main GPU, apart from the model's layers, so they count with the non-repeating bytes.
+    `in_ram` (--no-mmproj-offload on a GPU launch): they stay in system RAM, outside the VRAM
+    total; the planner counts them as RAM (VramPlanner.plan)."""
+    if in_ram:
+        return replace(
+            est, projector_bytes=projector_bytes, projector_compute_bytes=compute_bytes, projector_in_ram=True
+        )
     return replace(
         est,
-        nonrepeating_bytes=est.nonrepeating_bytes + projector_bytes,
+        nonrepeating_bytes=est.nonrepeating_bytes + projector_bytes + compute_bytes,
         weights_bytes=est.weights_bytes + projector_bytes,
-        total_bytes=est.total_bytes + projector_bytes,
+        total_bytes=est.total_bytes + projector_bytes + compute_bytes,
         projector_bytes=projector_bytes,
+        projector_compute_bytes=compute_bytes,
     )
+
+
+def projector_vram_bytes(est: Estimate) -> int:
+    """The projector's bytes inside the estimate's non-repeating (GPU) bytes."""
+    return 0 if est.projector_in_ram else est.projector_bytes + est.projector_compute_bytes
 
 
 def kv_unified_in(args: list[str]) -> bool:
@@ -173,7 +188,7 @@ def prefer_measured(est: Estimate, meas: dict[str, Any] | None) -> Estimate:
     model_b, kv_b = int(meas.get("model_bytes", 0)), int(meas.get("kv_bytes", 0))
     layers = (
         # the projector is not in llama-server's model buffers (clip loads it on its own)
-        scale(est.layer_weight_bytes, max(0, model_b - (est.nonrepeating_bytes - est.projector_bytes)))
+        scale(est.layer_weight_bytes, max(0, model_b - (est.nonrepeating_bytes - projector_vram_bytes(est))))
         if model_b
         else est.layer_weight_bytes
     )
@@ -366,11 +381,21 @@ class VramPlanner:
         swa = choose_swa_full(
             info, model, ctx, backend.flavor, s.carry_over, s.swa_full_max_mb * MiB, unified
         )
+        sized = model  # the launch as the server sizes it: ik with --mmproj runs -ub = -b
+        if model.mmproj is not None and backend.flavor == "ik":
+            ub = ik_mtmd_ubatch(launch_ctx(model, ctx), model.batch_size or 2048, model.ubatch_size or 512)
+            sized = replace(model, ubatch_size=ub)
         est = estimate_for(
-            info, model, ctx, backend.flavor, gpu, overhead, swa_full=swa.on, kv_unified=unified
+            info, sized, ctx, backend.flavor, gpu, overhead, swa_full=swa.on, kv_unified=unified
         )
         if model.mmproj is not None:
-            est = with_projector(est, (await self._file_info(model.mmproj)).weights_bytes)
+            mmproj = estimate_projector(
+                await self._file_info(model.mmproj),
+                flavor=backend.flavor,
+                flash_attn=model.flash_attn != "off",
+            )
+            in_ram = gpu and projector_in_ram([*shlex.split(backend.extra_args), *model.extra_argv])
+            est = with_projector(est, mmproj.weights_bytes, mmproj.compute_bytes, in_ram)
         meas = (await self.measured()).get(await asyncio.to_thread(measured_key, model, ctx, swa.on))
         proj, fit_error = None, None
         if backend.flavor == "upstream":
@@ -429,6 +454,10 @@ class VramPlanner:
             ),
             pinned,
         )
+        if use.projector_in_ram:  # --no-mmproj-offload: the projector's bytes are RAM
+            request = replace(
+                request, ram_bytes=request.ram_bytes + use.projector_bytes + use.projector_compute_bytes
+            )
         others = []
         for r in residents:
             p = self.placed.get(r.name)
@@ -465,7 +494,9 @@ class VramPlanner:
             "gpus": list(decision.gpus),
             "per_gpu_mib": {str(k): mib(v) for k, v in decision.per_gpu_bytes.items()},
         }
-        if request.ram_bytes and inv.gpus:  # the user's -ot/--n-cpu-moe: say what stays in RAM
+        if (
+            request.ram_bytes and inv.gpus
+        ):  # the user's -ot/--n-cpu-moe/--no-mmproj-offload: say what stays in RAM
             info["ram_by_extra_args_mib"] = mib(request.ram_bytes)
         # Recorded before any await: a plan made meanwhile must see this model's bytes.
         self.placed[model.name] = Placed(

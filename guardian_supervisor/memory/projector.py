@@ -184,3 +184,13 @@ def parse_projector_lines(lines: Iterable[str]) -> ProjectorMeasured | None:
         elif m := _CLIP_COMPUTE_RE.search(line):
             compute[m["dev"]] = round(float(m["mib"]) * (1 << 20))
     return ProjectorMeasured(weights, sum(compute.values())) if seen else None
+
+
+def ik_mtmd_ubatch(n_ctx: int, n_batch: int = 2048, n_ubatch: int = 512) -> int:
+    """The micro-batch ik_llama.cpp runs a text model with when --mmproj is given.
+
+    ik's common.cpp (get_batch_ubatch) raises n_ubatch to n_batch (itself capped at -c) for
+    any projector, "temporary fix for qwen mtmd": the text model's compute buffer grows ~4x
+    at the default -b 2048 -ub 512. Upstream keeps -ub as given."""
+    batch = min(n_batch, n_ctx) if n_ctx > 0 else n_batch
+    return max(batch, n_ubatch)
