@@ -9,20 +9,23 @@ Both go to the first GPU unless --no-mmproj-offload (or upstream's `-mmdev none`
 in system RAM.
 
 The compute buffer is ggml's graph allocator's high-water mark over the ViT encoder, the
-largest of four stages (all activations f32, `n` = patches + the class token):
+largest of these stages (all activations f32, `n` = patches + the class token):
 - attention without flash attention: the n x n scores of every head, `4 n (n_head n + 5 E)`
   (the scores dominate; five rows of width E live beside them). ik_llama.cpp's clip always
   runs this way (mtmd.cpp sets CLIP_FLASH_ATTN_TYPE_DISABLED); upstream does with -fa off.
   With flash attention no scores are kept: `4 n 6 E` (q, k, v, their f16 copies, output).
 - the FFN: `4 n (n_ff + 4 E)`, the largest stage with flash attention.
 - the projector MLP: `4 P (hidden + n_embd_out) + 8 n E` (P patches, the class token dropped).
-- the input: the f32 image plus its im2col copy in the patch kernel's type, `(12 + 3 kb) s^2`.
-plus 52 bytes per position of smaller tensors. Fitted and checked on upstream build 11434 and
+- the input: the f32 image plus its im2col copy in the patch kernel's type, `(12 + 3 kb) s^2`;
+  without flash attention a narrow tower (E = 64) also keeps the image's block beside the
+  scores, `4 n_head n^2 + 12 s^2`.
+plus 52 bytes per position of smaller tensors. Fitted on upstream build 11434 and
 ik_llama.cpp (CPU) with 40 generated llava ("mlp") projectors (tests/families/
-projector_families.py): compute within ~10 % on ViT-like shapes (n_ff >= 2 E, E >= 128),
-which with the weights puts the projector total within 5 %. Fragmentation of the allocator
-moves small cases either way. Other projector types use the same ViT terms at their
-image_size: unmeasured, and types that shrink the warm-up image (dynamic resolution) or pool
+projector_families.py), checked on 24 more it never saw: weights + compute within 5 % in 204
+of 208 launches (both forks, -fa on and off); the four others, all with flash attention, are
+-5.8 to +8.8 % (the allocator's fragmentation moves small graphs either way). Compute alone
+is within ~10 % on ViT-like shapes (n_ff >= 2 E, E >= 128). Other projector types use the
+same ViT terms at their image_size: unmeasured, and types that shrink the warm-up image (dynamic resolution) or pool
 the patches (gemma3) land above what clip reserves. An audio-only projector gets no compute
 estimate (its weights still count).
 """
@@ -109,6 +112,8 @@ def projector_compute_stages(shape: ProjectorShape, flash_attn: bool) -> dict[st
     }
     # flash attention keeps no scores: q, k, v, their f16 copies, the output and the residual
     stages["attention"] = F32 * n * (6 * e if flash_attn else shape.n_head * n + 5 * e)
+    if not flash_attn:  # a narrow tower leaves the f32 image's block unreused beside the scores
+        stages["scores+image"] = F32 * shape.n_head * n * n + 3 * F32 * shape.image_size**2
     return stages
 
 
