@@ -37,7 +37,12 @@ from guardian_supervisor.memory.fitparams import (
 )
 from guardian_supervisor.memory.gguf_info import GGUFError, ModelInfo, read_model_info
 from guardian_supervisor.memory.gpus import GpuSource, Inventory, recovery_target, wait_for_release
-from guardian_supervisor.memory.projector import estimate_projector, ik_mtmd_ubatch, projector_in_ram
+from guardian_supervisor.memory.projector import (
+    estimate_projector,
+    ik_mtmd_ubatch,
+    parse_projector_lines,
+    projector_in_ram,
+)
 from guardian_supervisor.memory.tensor_overrides import PinnedToRam, parse_rules, pinned_to_ram
 from guardian_supervisor.models.argv import IK_CACHE_RAM_MIB, Placement, launch_ctx
 from guardian_supervisor.models.plans import Go, PlanResult, Refuse, Wait
@@ -561,15 +566,19 @@ class VramPlanner:
         if rt.child is None:
             return
         # A copy under the ring's lock: the reader thread keeps appending while we parse.
-        meas: Measured = parse_buffer_lines(rt.child.tail(rt.child.lines.maxlen or 200))
+        tail = rt.child.tail(rt.child.lines.maxlen or 200)
+        meas: Measured = parse_buffer_lines(tail)
         if meas.source == "none":
             return
+        proj = parse_projector_lines(tail) if rt.config.mmproj is not None else None
         record = {
             "model_bytes": meas.model_bytes,
             "kv_bytes": meas.kv_bytes,
             "compute_bytes": meas.compute_bytes,
             "output_bytes": meas.output_bytes,
-            "total_bytes": meas.total_bytes,
+            # clip's weights and warm-up buffer, apart from the text model's (0: no projector)
+            "projector_bytes": proj.total_bytes if proj else 0,
+            "total_bytes": meas.total_bytes + (proj.total_bytes if proj else 0),
             "vram_bytes": sum(d.total for n, d in meas.per_device.items() if not is_host_buffer(n)),
             "source": meas.source,
             "at": time.time(),

@@ -195,3 +195,13 @@ def test_guardian_plans_and_shows_the_projector(
     )
     assert r.status_code == 200, r.text
     assert r.json()["usage"]["prompt_tokens"] >= PROJECTORS["mlp-224"].n_patches
+    # the load's measured record holds clip's buffers apart from the text model's
+    e = json.loads(g.ctl("estimate", "vis", "--json").stdout)
+    m, est = e["measured"], e["estimate"]
+    assert m is not None and m["compute_bytes"] == pytest.approx(est["compute_mib"], rel=0.1)
+    projector = est["projector_mib"] + est["projector_compute_mib"]
+    assert m["projector_bytes"] == pytest.approx(projector, rel=0.05)
+    assert m["total_bytes"] == pytest.approx(
+        m["model_bytes"] + m["kv_bytes"] + m["compute_bytes"] + m["output_bytes"] + m["projector_bytes"],
+        abs=0.02,
+    )
