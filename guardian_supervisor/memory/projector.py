@@ -144,17 +144,18 @@ def estimate_projector(
 
 def projector_in_ram(args: Iterable[str]) -> bool:
     """Whether launch arguments keep the projector in system RAM: --no-mmproj-offload (both
-    forks), upstream's -mmdev/--mmproj-device none, or LLAMA_ARG_MMPROJ_OFFLOAD-style =0."""
+    forks) or upstream's -mmdev/--mmproj-device none. The last of them wins, as in llama.cpp's
+    argument parser."""
     words = list(args)
+    in_ram = False
     for i, w in enumerate(words):
         flag, eq, value = w.partition("=")
-        if w == "--no-mmproj-offload":
-            return True
-        if flag in ("-mmdev", "--mmproj-device"):
+        if w in ("--no-mmproj-offload", "--mmproj-offload"):
+            in_ram = w == "--no-mmproj-offload"
+        elif flag in ("-mmdev", "--mmproj-device"):
             value = value if eq else (words[i + 1] if i + 1 < len(words) else "")
-            if value.strip().lower() == "none":
-                return True
-    return False
+            in_ram = value.strip().lower() == "none"
+    return in_ram
 
 
 # upstream: "load_hparams: model size:         3.12 MiB"

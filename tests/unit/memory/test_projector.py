@@ -100,6 +100,8 @@ def test_a_file_without_a_vision_encoder_adds_weights_only(tmp_path: Path) -> No
         (["--mmproj-device=none"], True),
         (["-mmdev", "CUDA1"], False),
         (["--mmproj-offload"], False),
+        (["--no-mmproj-offload", "--mmproj-offload"], False),  # the last one wins
+        (["--mmproj-offload", "-mmdev", "none"], True),
         (["-ngl", "99"], False),
         ([], False),
     ],
