@@ -9,25 +9,30 @@ Both go to the first GPU unless --no-mmproj-offload (or upstream's `-mmdev none`
 in system RAM.
 
 The compute buffer is ggml's graph allocator's high-water mark over the ViT encoder, the
-largest of these stages (all activations f32, `n` = patches + the class token):
-- attention without flash attention: the n x n scores of every head, `4 n (n_head n + 5 E)`
-  (the scores dominate; five rows of width E live beside them). ik_llama.cpp's clip always
-  runs this way (mtmd.cpp sets CLIP_FLASH_ATTN_TYPE_DISABLED); upstream does with -fa off.
-  With flash attention no scores are kept: `4 n 6 E` (q, k, v, their f16 copies, output).
-- the FFN: `4 n (n_ff + 4 E)`, the largest stage with flash attention.
-- the projector MLP: `4 P (hidden + n_embd_out) + 8 n E` (P patches, the class token dropped).
+largest of these stages (all activations f32, `n` = patches + a class token if any, `r` rows
+of width E that live beside the big tensors, which depend on clip.cpp's graph builder):
+- attention without flash attention: the n x n scores of every head, `4 n (n_head n + r E)`,
+  r = 5 in the llava graph, 6 in the shared build_vit (SigLIP: gemma3 and most others).
+  ik_llama.cpp's clip always runs this way (mtmd.cpp sets CLIP_FLASH_ATTN_TYPE_DISABLED);
+  upstream does with -fa off. With flash attention no scores are kept: `4 n r E` (q, k, v,
+  their f16 copies, the output), r = 6 (llava) or 5 (build_vit).
+- the FFN: `4 n (n_ff + r E)`, r = 4 (llava) or 3 (build_vit); the largest stage with flash
+  attention when n_ff is ViT-like (about 4 E).
+- the projector: `4 T (hidden + n_embd_out) + 8 n E`, T the image's tokens after any merge
+  (gemma3 pools 4 x 4 patches into one).
 - the input: the f32 image plus its im2col copy in the patch kernel's type, `(12 + 3 kb) s^2`;
   without flash attention a narrow tower (E = 64) also keeps the image's block beside the
   scores, `4 n_head n^2 + 12 s^2`.
-plus 52 bytes per position of smaller tensors. Fitted on upstream build 11434 and
-ik_llama.cpp (CPU) with 40 generated llava ("mlp") projectors (tests/families/
-projector_families.py), checked on 24 more it never saw: weights + compute within 5 % in 204
-of 208 launches (both forks, -fa on and off); the four others, all with flash attention, are
--5.8 to +8.8 % (the allocator's fragmentation moves small graphs either way). Compute alone
-is within ~10 % on ViT-like shapes (n_ff >= 2 E, E >= 128). Other projector types use the
-same ViT terms at their image_size: unmeasured, and types that shrink the warm-up image (dynamic resolution) or pool
-the patches (gemma3) land above what clip reserves. An audio-only projector gets no compute
-estimate (its weights still count).
+plus 52 bytes per position of smaller tensors. Measured on upstream build 11434 and
+ik_llama.cpp (CPU) with generated projectors (tests/families/projector_families.py): llava
+("mlp"), fitted on 40 and checked on 24 more it never saw, weights + compute within 5 % in 204
+of 208 launches (both forks, -fa on and off), the four others −5.8..+8.8 %, all with flash
+attention, where the allocator's fragmentation moves small graphs either way; gemma3, 19
+shapes on both forks, 69 of 70 launches within 5 % (one −5.9 %). Compute alone is within
+~10 % on ViT-like shapes (n_ff >= 2 E, E >= 128). Other projector types use the build_vit
+terms at their image_size, unmeasured; types that shrink the warm-up image (dynamic
+resolution: qwen2vl and kin) land above what clip reserves. An audio-only projector gets no
+compute estimate (its weights still count).
 """
 
 from __future__ import annotations
@@ -58,6 +63,12 @@ class ProjectorShape:
     proj_hidden: int  # the projector MLP's inner width (the first mm.* matrix's output)
     n_embd_out: int  # the projector's output width: the text model's n_embd
     kernel_bytes: int  # bytes per element of the patch kernel: im2col's copy of the image
+    n_merge: int = 1  # patches merged per side before the projector (gemma3 pools 4 x 4)
+
+    @property
+    def n_tokens_out(self) -> int:
+        """The image's tokens in the text model's prompt."""
+        return self.n_patches // self.n_merge**2
 
 
 def _u(meta: dict[str, object], key: str, default: int = 0) -> int:
@@ -99,19 +110,28 @@ def projector_shape(info: ModelInfo) -> ProjectorShape | None:
         proj_hidden=mm[0].shape[1] if len(mm) > 1 else 0,
         n_embd_out=out,
         kernel_bytes=kernel_bytes,
+        n_merge=_u(meta, "clip.vision.projector.scale_factor") or (4 if ptype == "gemma3" else 1),
     )
+
+
+# Rows of width E live beside the attention scores / the FFN activations, per graph builder:
+# clip.cpp's clip_graph_llava (these types) and its shared build_vit (SigLIP: gemma3 and most).
+_LLAVA_GRAPH = frozenset({"mlp", "mlp_norm", "ldp", "ldpv2", "adapter"})
+# (beside the scores, beside the FFN activations, with flash attention's q/k/v and copies)
+_ROWS_LLAVA, _ROWS_VIT = (5, 4, 6), (6, 3, 5)
 
 
 def projector_compute_stages(shape: ProjectorShape, flash_attn: bool) -> dict[str, int]:
     """Bytes live at each stage of the encoder graph (see the module docstring)."""
-    n, p, e = shape.n_pos, shape.n_patches, shape.n_embd
+    n, e = shape.n_pos, shape.n_embd
+    attn_rows, ffn_rows, fa_rows = _ROWS_LLAVA if shape.projector_type in _LLAVA_GRAPH else _ROWS_VIT
     stages = {
-        "ffn": F32 * n * (shape.n_ff + 4 * e),
-        "projector": F32 * p * (shape.proj_hidden + shape.n_embd_out) + 2 * F32 * n * e,
+        "ffn": F32 * n * (shape.n_ff + ffn_rows * e),
+        "projector": F32 * shape.n_tokens_out * (shape.proj_hidden + shape.n_embd_out) + 2 * F32 * n * e,
         "input": (3 * F32 + 3 * shape.kernel_bytes) * shape.image_size**2,
     }
     # flash attention keeps no scores: q, k, v, their f16 copies, the output and the residual
-    stages["attention"] = F32 * n * (6 * e if flash_attn else shape.n_head * n + 5 * e)
+    stages["attention"] = F32 * n * (fa_rows * e if flash_attn else shape.n_head * n + attn_rows * e)
     if not flash_attn:  # a narrow tower leaves the f32 image's block unreused beside the scores
         stages["scores+image"] = F32 * shape.n_head * n * n + 3 * F32 * shape.image_size**2
     return stages

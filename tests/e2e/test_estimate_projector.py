@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import json
+from http.client import HTTPException
 from pathlib import Path
 
 import httpx
@@ -108,31 +109,45 @@ def test_projector_estimate_within_5_percent(
 @pytest.mark.parametrize("kv", ["f16", "q8_0"])
 @pytest.mark.parametrize("ctx", [2048, 8192])
 @pytest.mark.parametrize("fork", FORKS)
+@pytest.mark.parametrize("key", ["mlp-224", "gemma3-224"])
 def test_whole_launch_with_a_projector_and_an_image(
-    pairs: dict[str, tuple[Path, Path]], tmp_path: Path, fork: str, ctx: int, kv: str
+    pairs: dict[str, tuple[Path, Path]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    key: str,
+    fork: str,
+    ctx: int,
+    kv: str,
 ) -> None:
     """Text model + projector at two contexts and KV types; a real image request on each."""
-    text, proj = pairs["mlp-224"]
-    log = tmp_path / "llama.log"
+    text, proj = pairs[key]
+    log = tmp_path / "server.log"  # not llama.log: ik writes its own file of that name in its cwd
+    monkeypatch.chdir(tmp_path)  # ik writes probabilities.txt where it runs when sampling fails
     with llama_server(text, log, *_args(fork, ctx, kv, "on", proj), binary=_binary(fork)) as url:
-        body = _image_chat(url)
-    usage = body["usage"]
-    assert isinstance(usage, dict)
-    # the image became the projector's patch tokens in the prompt
-    assert usage["prompt_tokens"] >= PROJECTORS["mlp-224"].n_patches
+        try:
+            body: dict[str, object] | None = _image_chat(url)
+        except (OSError, HTTPException):  # the server died answering
+            body = None
+    if body is not None:
+        usage = body["usage"]
+        assert isinstance(usage, dict)
+        # the image became the projector's tokens in the prompt
+        assert usage["prompt_tokens"] >= PROJECTORS[key].n_tokens_out
+    fa = "on"
     lines = log.read_text(errors="replace").splitlines()
     buffers, got = parse_buffer_lines(lines), _measured(log)
     assert buffers.source == "buffers", log.read_text()[-3000:]
     # ik raises -ub to -b for any projector (its text model's compute buffer grows with it)
     ub = ik_mtmd_ubatch(ctx) if fork == "ik" else 512
-    est = estimate(read_model_info(text), ctx=ctx, kv_type=kv, n_ubatch=ub, gpu=False, flavor=fork)
-    pe = estimate_projector(read_model_info(proj), flavor=fork, flash_attn=True)
+    info = read_model_info(text)
+    est = estimate(info, ctx=ctx, kv_type=kv, n_ubatch=ub, gpu=False, flavor=fork, flash_attn=fa == "on")
+    pe = estimate_projector(read_model_info(proj), flavor=fork, flash_attn=fa == "on")
     total, measured = (
         est.total_bytes + pe.weights_bytes + pe.compute_bytes,
         buffers.total_bytes + got.total_bytes,
     )
     print(
-        f"\nmlp-224 {fork} ctx {ctx} {kv}: estimate {total / MIB:.2f} MiB (KV {est.kv_bytes / MIB:.2f}, projector "
+        f"\n{key} {fork} ctx {ctx} {kv} -fa {fa}: estimate {total / MIB:.2f} MiB (KV {est.kv_bytes / MIB:.2f}, projector "
         f"{(pe.weights_bytes + pe.compute_bytes) / MIB:.2f}) vs measured {measured / MIB:.2f} MiB (KV "
         f"{buffers.kv_bytes / MIB:.2f}, projector {got.total_bytes / MIB:.2f}): KV "
         f"{100 * (est.kv_bytes / buffers.kv_bytes - 1):+.1f} %, total {100 * (total / measured - 1):+.1f} %"
@@ -141,6 +156,14 @@ def test_whole_launch_with_a_projector_and_an_image(
     assert buffers.compute_bytes == pytest.approx(est.compute_bytes, rel=0.1)
     assert abs(est.kv_bytes / buffers.kv_bytes - 1) <= 0.05
     assert abs(total / measured - 1) <= 0.05
+    if body is None:
+        # ik decodes a gemma3 image (non-causal over its tokens) into NaN logits with flash
+        # attention on and aborts; with -fa off it answers, but then refuses a q8_0 V cache
+        why = next(
+            (ln.strip() for ln in lines if "Failed to sample token" in ln or "error" in ln.lower()), ""
+        )
+        assert (fork, key) == ("ik", "gemma3-224"), f"{fork} died answering an image: {why}"
+        pytest.skip(f"ik_llama.cpp cannot answer a gemma3 image with -fa on: {why}")
 
 
 def test_guardian_plans_and_shows_the_projector(

@@ -47,6 +47,22 @@ def test_the_shape_comes_from_the_clip_keys_and_tensors(proj: ModelInfo) -> None
     assert s.kernel_bytes == 2  # an f16 patch kernel: im2col's copy of the image is f16
 
 
+def test_gemma3_pools_its_patches_and_uses_the_vit_graph(tmp_path: Path) -> None:
+    spec = PROJECTORS["gemma3-224"]
+    s = projector_shape(read_model_info(write_projector(tmp_path / "g.gguf", spec)))
+    assert s is not None and s.projector_type == "gemma3"
+    assert s.n_pos == s.n_patches == 256  # no class token
+    assert s.n_merge == 4 and s.n_tokens_out == spec.n_tokens_out == 16
+    n, e = s.n_pos, s.n_embd
+    stages = projector_compute_stages(s, True)
+    # build_vit keeps three rows beside the FFN activations (llava's graph four)
+    assert stages["ffn"] == 4 * n * (s.n_ff + 3 * e)
+    assert projector_compute_stages(s, False)["attention"] == 4 * n * (s.n_head * n + 6 * e)
+    # printed by upstream build 11434 (CPU) for this file: 1.31 MiB with -fa on, 2.62 without
+    assert abs(projector_compute_bytes(s, True) - 1.31 * MiB) <= 0.03 * MiB
+    assert abs(projector_compute_bytes(s, False) - 2.62 * MiB) <= 0.03 * MiB
+
+
 def test_compute_is_the_largest_stage(proj: ModelInfo) -> None:
     s = projector_shape(proj)
     assert s is not None
