@@ -28,11 +28,12 @@ ik_llama.cpp (CPU) with generated projectors (tests/families/projector_families.
 ("mlp"), fitted on 40 and checked on 24 more it never saw, weights + compute within 5 % in 204
 of 208 launches (both forks, -fa on and off), the four others −5.8..+8.8 %, all with flash
 attention, where the allocator's fragmentation moves small graphs either way; gemma3, 19
-shapes on both forks, 69 of 70 launches within 5 % (one −5.9 %). Compute alone is within
-~10 % on ViT-like shapes (n_ff >= 2 E, E >= 128). Other projector types use the build_vit
-terms at their image_size, unmeasured; types that shrink the warm-up image (dynamic
-resolution: qwen2vl and kin) land above what clip reserves. An audio-only projector gets no
-compute estimate (its weights still count).
+shapes on both forks, 69 of 70 launches within 5 % (one −5.9 %); at real widths (a
+SigLIP-so400m-like gemma3 tower at 448 px, a CLIP-L/336 llava one, 2-3 layers) -1.2..+0.1 %.
+Compute alone is within ~10 % on ViT-like shapes (n_ff >= 2 E, E >= 128). Other projector
+types use the build_vit terms at their image_size, unmeasured; types that shrink the warm-up
+image (dynamic resolution: qwen2vl and kin) land above what clip reserves. An audio-only
+projector gets no compute estimate (its weights still count).
 """
 
 from __future__ import annotations
