@@ -617,8 +617,9 @@ def place(
     return _no_fit(request, inventory, others, limits)
 
 
-# System RAM bandwidth assumed for the speed estimate of an offloaded plan: a dual-channel
-# DDR5 desktop reads ~50-60 GB/s (a server with more channels reads more, so this errs slow).
+# System RAM bandwidth for the speed estimate of an offloaded plan when none was measured
+# (the planner measures it, memory/ram_bandwidth.py): a dual-channel DDR5 desktop reads
+# ~50-60 GB/s.
 RAM_BYTES_PER_S = 50e9
 
 
