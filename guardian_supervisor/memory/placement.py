@@ -636,7 +636,9 @@ def offloaded_gen_tps(
         raise ValueError("full_gpu_tps and weight_bytes must be positive")
     gpu_bw = weight_bytes * full_gpu_tps
     cpu = min(max(cpu_weight_bytes, 0), weight_bytes)
-    return 1.0 / ((weight_bytes - cpu) / gpu_bw + cpu / ram_bytes_per_s)
+    # never faster than the GPU: a slow benchmark (a tiny model, a busy GPU) can imply a GPU
+    # "bandwidth" below the RAM's, which says nothing about the RAM being quicker
+    return min(full_gpu_tps, 1.0 / ((weight_bytes - cpu) / gpu_bw + cpu / ram_bytes_per_s))
 
 
 def cuda_env(plan: Plan) -> dict[str, str]:

@@ -144,6 +144,8 @@ def test_expected_speed_from_a_benchmark_record() -> None:
     tps = offloaded_gen_tps(100.0, 10 * 10**9, 2 * 10**9)
     assert tps == pytest.approx(1 / (8e9 / 1e12 + 2e9 / RAM_BYTES_PER_S))
     assert offloaded_gen_tps(100.0, 10**9, 0) == pytest.approx(100.0)
+    # a benchmark slower than RAM reads (a tiny model) never predicts a speed-up
+    assert offloaded_gen_tps(100.0, 10**6, 5 * 10**5) == 100.0
     plan = Plan("m", (), (0,), None, 0, 49, {0: 8 * G}, 2 * G, False, n_cpu_moe=5)
     note = offload_note(plan, 48, 10 * G, best_gen_tps=100.0)
     assert note["n_cpu_moe"] == 5 and "--n-cpu-moe" in note["how"] and note["expected_slowdown"] > 1
