@@ -303,11 +303,12 @@ def _compute_bytes(
         per_token = 2 * f + 5 * e
     else:
         per_token = 3 * f + 5 * e
-    per_token = _recurrent_floats(info, max(per_token, _mla_attention_floats(info)))
+    per_token = _recurrent_floats(info, max(per_token, _mla_attention_floats(info)), flavor)
     activations = ub * 4 * (per_token + 10)
-    # the worst-case graph carries every sequence's state through a Mamba layer (one layer's worth)
-    activations += _graph_state_seqs(info, n_parallel) * max(recurrent_state_bytes(info, 1), default=0)
-    kv_seq = cells if kv_unified else -(-cells // n_parallel)
+    # the worst-case graph carries the sequences' state through a recurrent layer (one layer's worth)
+    state = max(recurrent_state_bytes(info, 1), default=0)
+    activations += _graph_state_seqs(info, n_parallel, flavor) * state
+    kv_seq = cells if kv_unified or flavor == "ik" else -(-cells // n_parallel)  # ik: one stream
     if not any(h for il, h in enumerate(info.n_head_kv) if not _is_recurrent(info, il)):
         total = activations  # no attention layer: no mask, no KQ
     elif flash_attn:
@@ -402,7 +403,7 @@ def _mamba_floats(info: ModelInfo) -> int:
     return max(mixer, ffn)
 
 
-def _recurrent_floats(info: ModelInfo, per_token: int) -> int:
+def _recurrent_floats(info: ModelInfo, per_token: int, flavor: str = "upstream") -> int:
     """f32 values per ubatch token at the graph's peak, given the attention / FFN estimate
     `per_token`, for models with recurrent layers (upstream build 11434, CPU; each fitted
     on generated models, E = n_embd, F = n_ff, slopes over ubatch 512..1024):
@@ -414,7 +415,9 @@ def _recurrent_floats(info: ModelInfo, per_token: int) -> int:
     - Mamba 1: 7.5 d_inner (exact, E 128..1024; no FFN).
     - gated delta-net (qwen3next): 1.5 conv channels (2 x key heads x d_state + d_inner)
       + 2.5 d_inner + 5E beside the MoE's own peak, whichever is larger (fused GDN op;
-      exact on 12 shapes).
+      exact on 12 shapes). ik_llama.cpp (0.1.5, its own delta-net): the largest of
+      2 conv + d_inner + 3E, the MoE's K(E + F) + 3E and the gated attention's 3Q + 7E
+      (Q = n_head x head_dim; within 0.5 % on the same 12 shapes).
     - Mamba 2 and its hybrids: `_mamba_floats`.
     A dense-FFN estimate means nothing for a pure RWKV or Mamba model: theirs replaces it.
     """
@@ -431,14 +434,21 @@ def _recurrent_floats(info: ModelInfo, per_token: int) -> int:
         return (15 * info.ssm_d_inner) // 2
     if info.architecture in DELTA_NET_HYBRIDS:
         conv = info.ssm_d_inner + 2 * info.ssm_n_group * info.ssm_d_state
+        if flavor == "ik":
+            moe = info.n_expert_used * (e + info.n_ff_exp) + 3 * e if info.is_moe else 0
+            attn = 3 * info.n_head * info.key_length + 7 * e
+            return max(2 * conv + info.ssm_d_inner + 3 * e, moe, attn)
         return max(per_token, (3 * conv + 5 * info.ssm_d_inner) // 2 + 5 * e)
     return max(per_token, _mamba_floats(info))
 
 
-def _graph_state_seqs(info: ModelInfo, n_parallel: int) -> int:
+def _graph_state_seqs(info: ModelInfo, n_parallel: int, flavor: str = "upstream") -> int:
     """How many sequences' state (one layer's worth) the worst-case graph holds beside the
-    activations: every sequence's for Mamba 1, RWKV and the gated delta-net (measured:
-    -np 1..8), all but one for Mamba 2 and its hybrids (whose fit absorbed the first)."""
+    activations: upstream, every sequence's for Mamba 1, RWKV and the gated delta-net
+    (measured: -np 1..8), all but one for Mamba 2 and its hybrids (whose fit absorbed the
+    first); ik_llama.cpp reserves its graph for one sequence (qwen3next, -np 1 and 3)."""
+    if flavor == "ik":
+        return 1
     mamba2 = info.ssm_n_group > 0 and info.architecture not in DELTA_NET_HYBRIDS
     return max(0, n_parallel - 1) if mamba2 else n_parallel
 

@@ -7,12 +7,13 @@
 - qwen3next: Qwen3-Next, gated delta-net linear attention on three of every four layers
   (full_attention_interval), gated full attention with Q/K norms on the fourth, and a
   routed MoE with a shared expert on every layer.
+- qwen35moe: Qwen3.5's MoE, the same hybrid with split beta / alpha projections and M-RoPE.
 
 A pure recurrent model keeps no KV cache, only a per-sequence f32 state per layer
 (llama_hparams::n_embd_r / n_embd_s): Mamba's conv row and SSM state, RWKV's token-shift
 rows and wkv state. Tensor names come from gguf-py's TENSOR_NAMES; required hparams and
-shapes from llama.cpp build 11434's src/models/{mamba,mamba2,rwkv6,rwkv7,qwen3next}.cpp and
-ik_llama.cpp 0.1.5's llama-load-tensors.cpp (qwen3next, mamba). numpy shape (rows, cols)
+shapes from llama.cpp build 11434's src/models/{mamba,mamba2,rwkv6,rwkv7,qwen3next,qwen35moe}.cpp and
+ik_llama.cpp 0.1.5's llama-load-tensors.cpp (qwen3next, qwen35moe, mamba). numpy shape (rows, cols)
 becomes ggml ne = [cols, rows]; a ggml tensor {a, b, c, d} is numpy (d, c, b, a).
 """
 
@@ -330,8 +331,10 @@ class Qwen3NextSpec:
     """Qwen3-Next-80B-A3B's proportions, scaled down by 8: E 2048 -> 256; 16 query heads of
     256 -> 8 of 64 (Q = 2E), 2 KV heads; delta-net with 16 key heads and 32 value heads of
     128 -> 4 and 8 of 64 (keys E, values 2E); 10 of 512 experts of E / 4 -> 10 of 16 of
-    E / 4, and a shared expert of E / 4."""
+    E / 4, and a shared expert of E / 4. arch "qwen35moe" (Qwen3.5-35B-A3B's layout) splits
+    the delta-net's beta/alpha projection in two and adds M-RoPE sections; same state."""
 
+    arch: str = "qwen3next"  # or "qwen35moe"
     n_layer: int = 4
     full_attention_interval: int = 4  # layer il is full attention where (il + 1) % interval == 0
     n_embd: int = 256
@@ -361,6 +364,8 @@ class Qwen3NextSpec:
 
 def write_qwen3next(path: Path, spec: Qwen3NextSpec = Qwen3NextSpec()) -> Path:
     s = spec
+    if s.arch not in ("qwen3next", "qwen35moe"):
+        raise ValueError(f"arch must be qwen3next or qwen35moe, not {s.arch!r}")
     r = _Weights(s.seed, s.dtype)
     e, hd = s.n_embd, s.head_dim
     key_dim = s.ssm_d_state * s.ssm_n_group
@@ -386,7 +391,9 @@ def write_qwen3next(path: Path, spec: Qwen3NextSpec = Qwen3NextSpec()) -> Path:
         w.add_ssm_state_size(s.ssm_d_state)
         w.add_ssm_time_step_rank(s.ssm_n_v_head)
         w.add_ssm_group_count(s.ssm_n_group)
-        w.add_uint32("qwen3next.full_attention_interval", s.full_attention_interval)
+        w.add_uint32(f"{s.arch}.full_attention_interval", s.full_attention_interval)
+        if s.arch == "qwen35moe":  # M-RoPE: text positions only here, sections summing to rope / 2
+            w.add_array(f"{s.arch}.rope.dimension_sections", [11, 11, 10, 0])
         n_vocab = _spm_vocab(w)
 
         w.add_tensor(_name(T.TOKEN_EMBD), r.mat(n_vocab, e))
@@ -406,7 +413,11 @@ def write_qwen3next(path: Path, spec: Qwen3NextSpec = Qwen3NextSpec()) -> Path:
                 w.add_tensor(_name(T.SSM_CONV1D, i), r.vec(conv_dim, s.ssm_d_conv))
                 w.add_tensor(_name(T.SSM_DT, i, "bias"), r.zeros(s.ssm_n_v_head))
                 w.add_tensor(_name(T.SSM_A, i, ""), -r.ones(s.ssm_n_v_head))
-                w.add_tensor(_name(T.SSM_BETA_ALPHA, i), r.mat(2 * s.ssm_n_v_head, e))
+                if s.arch == "qwen35moe":
+                    w.add_tensor(_name(T.SSM_BETA, i), r.mat(s.ssm_n_v_head, e))
+                    w.add_tensor(_name(T.SSM_ALPHA, i), r.mat(s.ssm_n_v_head, e))
+                else:
+                    w.add_tensor(_name(T.SSM_BETA_ALPHA, i), r.mat(2 * s.ssm_n_v_head, e))
                 w.add_tensor(_name(T.SSM_NORM, i), r.ones(s.ssm_d_state))
                 w.add_tensor(_name(T.SSM_OUT, i), r.mat(e, value_dim))
             w.add_tensor(_name(T.FFN_GATE_INP, i), r.mat(s.n_expert, e).astype(np.float32))
@@ -420,7 +431,11 @@ def write_qwen3next(path: Path, spec: Qwen3NextSpec = Qwen3NextSpec()) -> Path:
         w.add_tensor(_name(T.OUTPUT_NORM), r.ones(e))
         w.add_tensor(_name(T.OUTPUT), r.mat(n_vocab, e))
 
-    return _write_atomic(path, "qwen3next", fill)
+    return _write_atomic(path, s.arch, fill)
+
+
+def write_qwen35moe(path: Path) -> Path:
+    return write_qwen3next(path, Qwen3NextSpec(arch="qwen35moe", seed=26, name="tiny-qwen35moe"))
 
 
 WRITERS: dict[str, Callable[[Path], Path]] = {
@@ -429,6 +444,7 @@ WRITERS: dict[str, Callable[[Path], Path]] = {
     "rwkv6": write_rwkv6,
     "rwkv7": write_rwkv7,
     "qwen3next": write_qwen3next,
+    "qwen35moe": write_qwen35moe,
 }
 
 
