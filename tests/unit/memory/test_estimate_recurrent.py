@@ -141,3 +141,23 @@ def test_qwen3next_compute_is_the_larger_of_moe_and_delta_net(tmp_path: Path) ->
     # below the MoE's peak only the per-sequence state differs
     state = {n: max(recurrent_state_bytes(i, 1)) for n, i in (("b", base), ("n", narrow))}
     assert c["b"] - c["n"] == state["b"] - state["n"]
+
+
+def test_qwen35moe_has_qwen3next_state_and_layers(models: dict[str, ModelInfo]) -> None:
+    a, b = models["qwen3next"], models["qwen35moe"]
+    assert b.architecture == "qwen35moe" and b.recurrent_layers == a.recurrent_layers
+    assert recurrent_state_bytes(b, 2) == recurrent_state_bytes(a, 2)
+    assert estimate(b, ctx=8192, gpu=False).compute_bytes == estimate(a, ctx=8192, gpu=False).compute_bytes
+
+
+def test_ik_holds_one_stream_and_one_state_whatever_np(models: dict[str, ModelInfo]) -> None:
+    """ik_llama.cpp keeps one cache stream for all sequences and reserves its graph for one
+    sequence: -np changes its state rows, not its compute buffer (measured on qwen3next)."""
+    info = models["qwen3next"]
+    one = estimate(info, ctx=4096, n_parallel=1, gpu=False, flavor="ik")
+    three = estimate(info, ctx=4096, n_parallel=3, gpu=False, flavor="ik")
+    assert three.compute_bytes == one.compute_bytes
+    assert three.kv_bytes - one.kv_bytes == 2 * one.rs_bytes
+    # upstream splits the cells per sequence: its mask shrinks with -np
+    up = [estimate(info, ctx=4096, n_parallel=n, gpu=False).compute_bytes for n in (1, 3)]
+    assert up[1] < up[0]
