@@ -446,11 +446,12 @@ def _graph_state_seqs(info: ModelInfo, n_parallel: int, flavor: str = "upstream"
     """How many sequences' state (one layer's worth) the worst-case graph holds beside the
     activations: upstream, every sequence's for Mamba 1, RWKV and the gated delta-net
     (measured: -np 1..8), all but one for Mamba 2 and its hybrids (whose fit absorbed the
-    first); ik_llama.cpp reserves its graph for one sequence (qwen3next, -np 1 and 3)."""
+    first; jamba unmeasured, kept there); ik_llama.cpp reserves its graph for one sequence
+    (qwen3next, -np 1 and 3)."""
     if flavor == "ik":
         return 1
-    mamba2 = info.ssm_n_group > 0 and info.architecture not in DELTA_NET_HYBRIDS
-    return max(0, n_parallel - 1) if mamba2 else n_parallel
+    every = info.architecture in ("mamba", *DELTA_NET_HYBRIDS) or info.wkv_head_size > 0
+    return n_parallel if every else max(0, n_parallel - 1)
 
 
 # ik_llama.cpp's MLA graph takes its prompt-processing path (`pp_opt`) from 128 tokens on.
