@@ -410,8 +410,8 @@ def _recurrent_floats(info: ModelInfo, per_token: int, flavor: str = "upstream")
     - RWKV6: the time mix, 15E + 5 x time_mix_extra_dim + time_decay_extra_dim, or the
       channel mix, F + 8E, when wider (E 128..1024, F 2E..16E: within 3 % on real shapes,
       +8 % at E = 128).
-    - RWKV7: 20E, or F + 16E once F > 8E (E 128..1024, F 2E..12E: within 1 %, 5 % over
-      at E = 1024).
+    - RWKV7: 20E (19E with only two layers), or F + 16E once F > 8E (E 128..1024, F 2E..12E,
+      2..6 layers: within 1 %).
     - Mamba 1: 7.5 d_inner (exact, E 128..1024; no FFN).
     - gated delta-net (qwen3next): 1.5 conv channels (2 x key heads x d_state + d_inner)
       + 2.5 d_inner + 5E beside the MoE's own peak, whichever is larger (fused GDN op;
@@ -425,7 +425,7 @@ def _recurrent_floats(info: ModelInfo, per_token: int, flavor: str = "upstream")
         return per_token
     e, f = info.n_embd, info.n_ff
     if info.wkv_head_size and info.architecture.startswith("rwkv7"):
-        return f + 16 * e if f > 8 * e else 20 * e
+        return f + 16 * e if f > 8 * e else (20 if info.n_layer > 2 else 19) * e
     if info.wkv_head_size:
         extra = 5 * int(info.metadata.get(f"{info.architecture}.time_mix_extra_dim") or 0)
         extra += int(info.metadata.get(f"{info.architecture}.time_decay_extra_dim") or 0)
