@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from guardian_supervisor.memory.gguf_info import ModelInfo
+from guardian_supervisor.memory.gguf_info import DELTA_NET_HYBRIDS, ModelInfo
 
 MIB = 1024 * 1024
 # CUDA context, cuBLAS workspace and the backend's memory pool: memory a GPU loses that no
@@ -201,17 +201,23 @@ def kv_layer_bytes(
 
 
 def recurrent_state_bytes(info: ModelInfo, n_parallel: int) -> list[int]:
-    """Per layer: the f32 recurrent state of a Mamba/Mamba2 layer, for every sequence.
+    """Per layer: the f32 recurrent state of a recurrent layer, for every sequence.
 
     llama_memory_recurrent keeps, per layer and per sequence (max(1, -np) cells), a conv
     row r of (d_conv - 1) x (d_inner + 2 x n_group x d_state) and an SSM row s of
     d_state x d_inner, both f32 whatever -ctk/-ctv say (llama_hparams::n_embd_r/n_embd_s).
+    The same rows hold Mamba 1 (n_group 0) and the gated delta-net of qwen3next (d_inner =
+    value heads x d_state: s is one d_state^2 matrix per value head). RWKV: r is
+    token_shift_count x E, s is E x wkv head size. ik_llama.cpp sizes the same rows
+    (in its KV buffer; qwen3next's in one row per sequence).
     """
     n = info.n_layer
     if not any(info.recurrent_layers):
         return [0] * n
     conv = max(info.ssm_d_conv - 1, 0) * (info.ssm_d_inner + 2 * info.ssm_n_group * info.ssm_d_state)
     state = info.ssm_d_state * info.ssm_d_inner
+    if info.wkv_head_size:  # RWKV: token-shift rows, and a head_size^2 wkv state per head
+        conv, state = info.token_shift_count * info.n_embd, info.n_embd * info.wkv_head_size
     per_layer = (conv + state) * 4 * max(1, n_parallel)
     recr = list(info.recurrent_layers) + [False] * n
     return [per_layer if recr[il] else 0 for il in range(n)]
@@ -297,11 +303,12 @@ def _compute_bytes(
         per_token = 2 * f + 5 * e
     else:
         per_token = 3 * f + 5 * e
-    per_token = max(per_token, _mla_attention_floats(info), _mamba_floats(info))
+    per_token = _recurrent_floats(info, max(per_token, _mla_attention_floats(info)), flavor)
     activations = ub * 4 * (per_token + 10)
-    # the worst-case graph carries every sequence's state through a Mamba layer (one layer's worth)
-    activations += max(0, n_parallel - 1) * max(recurrent_state_bytes(info, 1), default=0)
-    kv_seq = cells if kv_unified else -(-cells // n_parallel)
+    # the worst-case graph carries the sequences' state through a recurrent layer (one layer's worth)
+    state = max(recurrent_state_bytes(info, 1), default=0)
+    activations += _graph_state_seqs(info, n_parallel, flavor) * state
+    kv_seq = cells if kv_unified or flavor == "ik" else -(-cells // n_parallel)  # ik: one stream
     if not any(h for il, h in enumerate(info.n_head_kv) if not _is_recurrent(info, il)):
         total = activations  # no attention layer: no mask, no KQ
     elif flash_attn:
@@ -394,6 +401,57 @@ def _mamba_floats(info: ModelInfo) -> int:
     mixer = (74 * d_inner + 27 * bc) // 10 + 233
     ffn = 3 * info.n_ff + 5 * info.n_embd + (7 * d_inner) // 2
     return max(mixer, ffn)
+
+
+def _recurrent_floats(info: ModelInfo, per_token: int, flavor: str = "upstream") -> int:
+    """f32 values per ubatch token at the graph's peak, given the attention / FFN estimate
+    `per_token`, for models with recurrent layers (upstream build 11434, CPU; each fitted
+    on generated models, E = n_embd, F = n_ff, slopes over ubatch 512..1024):
+    - RWKV6: the time mix, 15E + 5 x time_mix_extra_dim + time_decay_extra_dim, or the
+      channel mix, F + 8E, when wider (E 128..1024, F 2E..16E: within 3 % on real shapes,
+      +8 % at E = 128).
+    - RWKV7: 20E (19E with only two layers), or F + 16E once F > 8E (E 128..1024, F 2E..12E,
+      2..6 layers: within 1 %).
+    - Mamba 1: 7.5 d_inner (exact, E 128..1024; no FFN).
+    - gated delta-net (qwen3next): 1.5 conv channels (2 x key heads x d_state + d_inner)
+      + 2.5 d_inner + 5E beside the MoE's own peak, whichever is larger (fused GDN op;
+      exact on 12 shapes). ik_llama.cpp (0.1.5, its own delta-net): the largest of
+      2 conv + d_inner + 3E, the MoE's K(E + F) + 3E and the gated attention's 3Q + 7E
+      (Q = n_head x head_dim; within 0.5 % on the same 12 shapes).
+    - Mamba 2 and its hybrids: `_mamba_floats`.
+    A dense-FFN estimate means nothing for a pure RWKV or Mamba model: theirs replaces it.
+    """
+    if not any(info.recurrent_layers):
+        return per_token
+    e, f = info.n_embd, info.n_ff
+    if info.wkv_head_size and info.architecture.startswith("rwkv7"):
+        return f + 16 * e if f > 8 * e else (20 if info.n_layer > 2 else 19) * e
+    if info.wkv_head_size:
+        extra = 5 * int(info.metadata.get(f"{info.architecture}.time_mix_extra_dim") or 0)
+        extra += int(info.metadata.get(f"{info.architecture}.time_decay_extra_dim") or 0)
+        return max(15 * e + extra, f + 8 * e)
+    if info.architecture == "mamba":
+        return (15 * info.ssm_d_inner) // 2
+    if info.architecture in DELTA_NET_HYBRIDS:
+        conv = info.ssm_d_inner + 2 * info.ssm_n_group * info.ssm_d_state
+        if flavor == "ik":
+            moe = info.n_expert_used * (e + info.n_ff_exp) + 3 * e if info.is_moe else 0
+            attn = 3 * info.n_head * info.key_length + 7 * e
+            return max(2 * conv + info.ssm_d_inner + 3 * e, moe, attn)
+        return max(per_token, (3 * conv + 5 * info.ssm_d_inner) // 2 + 5 * e)
+    return max(per_token, _mamba_floats(info))
+
+
+def _graph_state_seqs(info: ModelInfo, n_parallel: int, flavor: str = "upstream") -> int:
+    """How many sequences' state (one layer's worth) the worst-case graph holds beside the
+    activations: upstream, every sequence's for Mamba 1, RWKV and the gated delta-net
+    (measured: -np 1..8), all but one for Mamba 2 and its hybrids (whose fit absorbed the
+    first; jamba unmeasured, kept there); ik_llama.cpp reserves its graph for one sequence
+    (qwen3next, -np 1 and 3)."""
+    if flavor == "ik":
+        return 1
+    every = info.architecture in ("mamba", *DELTA_NET_HYBRIDS) or info.wkv_head_size > 0
+    return n_parallel if every else max(0, n_parallel - 1)
 
 
 # ik_llama.cpp's MLA graph takes its prompt-processing path (`pp_opt`) from 128 tokens on.

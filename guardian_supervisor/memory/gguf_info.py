@@ -123,6 +123,9 @@ class ModelInfo:
     ssm_n_group: int = 0
     recurrent_layers: tuple[bool, ...] = ()
     has_kv_cache: bool = True  # False for encoders (bert...): llama.cpp creates no memory for them
+    # RWKV state sizes: {arch}.wkv.head_size (0 = not RWKV) and {arch}.token_shift_count.
+    wkv_head_size: int = 0
+    token_shift_count: int = 2
 
     @property
     def is_mla(self) -> bool:
@@ -452,8 +455,10 @@ def _build(path: Path, file_size: int, raw: _Raw, keep_arrays: bool) -> ModelInf
         ssm_d_inner=int(get("ssm.inner_size") or 0),
         ssm_d_state=int(get("ssm.state_size") or 0),
         ssm_n_group=int(get("ssm.group_count") or 0),
-        recurrent_layers=_recurrent_layers(arch, kv_heads, n_layer),
+        recurrent_layers=_recurrent_layers(arch, kv_heads, n_layer) or _delta_net_layers(arch, get, n_layer),
         has_kv_cache=arch not in ENCODER_ARCHS,
+        wkv_head_size=int(get("wkv.head_size") or 0),
+        token_shift_count=int(get("token_shift_count") or 2),
     )
 
 
@@ -483,6 +488,24 @@ def _recurrent_layers(arch: str, kv_heads: list[int], n_layer: int) -> tuple[boo
     if arch in _HYBRID_BY_ZERO_KV_HEADS:
         return tuple(il < len(kv_heads) and kv_heads[il] == 0 for il in range(n_layer))
     return ()
+
+
+# Hybrids with gated delta-net (linear attention) layers between full-attention ones.
+DELTA_NET_HYBRIDS = frozenset({"qwen3next", "qwen35", "qwen35moe"})
+
+
+def _delta_net_layers(arch: str, get: Callable[..., Any], n_layer: int) -> tuple[bool, ...]:
+    """Qwen3-Next / Qwen3.5 recurrent layers: {arch}.attention.recurrent_layers where given,
+    else every layer but each full_attention_interval-th (default 4; llama.cpp's
+    load_arch_hparams). ik_llama.cpp's qwen3next ignores the key and uses 4 (equal on the
+    released models)."""
+    if arch not in DELTA_NET_HYBRIDS or n_layer < 1:
+        return ()
+    flags = get("attention.recurrent_layers")
+    if isinstance(flags, list) and len(flags) >= n_layer:
+        return tuple(bool(v) for v in flags[:n_layer])
+    interval = int(get("full_attention_interval") or 4)
+    return tuple((il + 1) % interval != 0 for il in range(n_layer))
 
 
 # Architectures whose SWA layer pattern llama-model.cpp hard-codes (`set_swa_pattern(n)`: every
