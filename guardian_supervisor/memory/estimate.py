@@ -152,8 +152,9 @@ def estimate(
     compute = _compute_bytes(
         info, cells, n_parallel, n_batch, n_ubatch, flash_attn, kv_unified, flavor, kv_type
     )
-    if flash_attn and swa != cells and any(info.swa_layers):
-        # the SWA cache has its own f16 mask, ubatch x cells of one stream
+    if flash_attn and flavor == "upstream" and any(info.swa_layers):
+        # the SWA cache has its own f16 mask, ubatch x cells of one stream (also where it
+        # holds the whole context: -c below the window, --swa-full; measured on llama4)
         streams = 1 if kv_unified else n_parallel
         compute += min(n_ubatch, n_batch, cells) * (swa // streams) * 2
     output = n_parallel * info.n_vocab * 4  # logits buffer: one f32 row per sequence
@@ -236,7 +237,8 @@ def swa_cells(
     Upstream's llama_kv_cache_iswa gives each stream min(its share of the context,
     pad256(window x sequences-in-the-stream + ubatch)): the window of every sequence plus
     one ubatch being written (measured on Gemma 3 270M: 1024 cells at -c 4096..8192 -np 1,
-    1536 unified with -np 2, 2 x 1024 split with -np 2). `--swa-full`, models without SWA,
+    1536 unified with -np 2, 2 x 1024 split with -np 2; llama4's chunked layers alike, the
+    8192-token chunk as window: 8704 cells at -c 16384). `--swa-full`, models without SWA,
     and ik_llama.cpp (whose Gemma 3 cache is full-size on every layer, measured) get `cells`.
     """
     if not info.sliding_window or not any(info.swa_layers) or swa_full or flavor == "ik":
@@ -328,9 +330,24 @@ def moe_activation_floats(info: ModelInfo) -> int:
     including every shape with FK >= 2E (all real MoE models); over by up to a third on
     shapes with few or narrow experts (FK <= E), never under.
     """
+    if info.architecture == "llama4":
+        return llama4_activation_floats(info)
     e, k, f = info.n_embd, info.n_expert_used, info.n_ff_exp
     ffn = 3 * f * k + 5 * e + (e * k if e > 2 * f and k > 1 else 0)
     return max(ffn, _attention_floor(info))
+
+
+def llama4_activation_floats(info: ModelInfo) -> int:
+    """Upstream's peak per ubatch token for llama4: a MoE layer (routed experts plus a shared
+    expert as wide as one) peaks at 3FK + 5E, + EK where the experts are wider than E; with
+    `interleave_moe_layer_step` > 1 the dense layers between (3F + 5E of their own FFN) may
+    peak higher. Measured on 11 tiny llama4 shapes (E 256, F 128..1024, K 1..2, step 1 and
+    2): within 0.5 % where F >= E, over by up to 5 % on narrower experts.
+    """
+    e, k, f = info.n_embd, info.n_expert_used, info.n_ff_exp
+    moe = 3 * f * k + 5 * e + (e * k if f > e else 0)
+    dense = 3 * info.n_ff + 5 * e if info.moe_layer_step > 1 else 0
+    return max(moe, dense, _attention_floor(info))
 
 
 def ik_activation_floats(info: ModelInfo) -> int:
