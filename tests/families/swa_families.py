@@ -9,7 +9,8 @@
   wide as a routed one.
 - gemma2: standard sliding window on every other layer (even layers local, odd global,
   set_swa_pattern(2)), the window from `gemma2.attention.sliding_window`; post-attention
-  and post-FFN norms, logit soft-capping, output tied to the token embeddings.
+  and post-FFN norms, logit soft-capping, output tied to the token embeddings. 26 layers
+  (Gemma 2 2B's count): ik_llama.cpp's graph aborts on any other than 26, 42 or 46.
 - cohere2: standard sliding window, three local layers to one global
   (set_swa_pattern(4)); LayerNorm (no bias), a parallel attention/FFN block, a logit
   scale, output tied to the token embeddings.
@@ -130,12 +131,12 @@ def write_llama4(path: Path, spec: Llama4Spec = Llama4Spec()) -> Path:
 
 @dataclass(frozen=True)
 class Gemma2Spec:
-    n_layer: int = 4
-    n_embd: int = 256
-    n_head: int = 4
-    n_head_kv: int = 2
+    n_layer: int = 26  # ik_llama.cpp aborts on a gemma2 that is not 2B, 9B or 27B (26/42/46 layers)
+    n_embd: int = 128
+    n_head: int = 2
+    n_head_kv: int = 1
     head_dim: int = 64
-    n_ff: int = 1024
+    n_ff: int = 512  # 4 E, as Gemma 2 2B
     sliding_window: int = 4096  # Gemma 2's own (also llama.cpp's default without the key)
     n_ctx_train: int = 8192
     dtype: str = "f16"
