@@ -6,7 +6,8 @@ overhead); `parse_buffer_lines` reads what llama-server actually allocated from 
 
 The compute-buffer formula was fitted against upstream llama-server build 11434 (CPU) on
 dense llama-architecture models; see `_compute_bytes`. Sliding-window attention is modelled
-(`swa_cells`, measured exact on Gemma 3), and so are routed MoE models' compute terms
+(`swa_cells`, measured exact on Gemma 3, and on tiny gemma2, cohere2 and llama4, whose
+chunked attention is sized alike), and so are routed MoE models' compute terms
 (`moe_activation_floats`; ik_llama.cpp: `ik_activation_floats`, measured on tiny qwen3,
 qwen3moe and gpt-oss). MLA (`kv_layer_bytes`: one latent row, K only), recurrent state
 (`recurrent_state_bytes`: f32 per sequence) and encoders (no cache) are modelled per layer,
