@@ -6,7 +6,8 @@ overhead); `parse_buffer_lines` reads what llama-server actually allocated from 
 
 The compute-buffer formula was fitted against upstream llama-server build 11434 (CPU) on
 dense llama-architecture models; see `_compute_bytes`. Sliding-window attention is modelled
-(`swa_cells`, measured exact on Gemma 3), and so are routed MoE models' compute terms
+(`swa_cells`, measured exact on Gemma 3, and on tiny gemma2, cohere2 and llama4, whose
+chunked attention is sized alike), and so are routed MoE models' compute terms
 (`moe_activation_floats`; ik_llama.cpp: `ik_activation_floats`, measured on tiny qwen3,
 qwen3moe and gpt-oss). MLA (`kv_layer_bytes`: one latent row, K only), recurrent state
 (`recurrent_state_bytes`: f32 per sequence) and encoders (no cache) are modelled per layer,
@@ -152,8 +153,9 @@ def estimate(
     compute = _compute_bytes(
         info, cells, n_parallel, n_batch, n_ubatch, flash_attn, kv_unified, flavor, kv_type
     )
-    if flash_attn and swa != cells and any(info.swa_layers):
-        # the SWA cache has its own f16 mask, ubatch x cells of one stream
+    if flash_attn and flavor == "upstream" and any(info.swa_layers):
+        # the SWA cache has its own f16 mask, ubatch x cells of one stream (also where it
+        # holds the whole context: -c below the window, --swa-full; measured on llama4)
         streams = 1 if kv_unified else n_parallel
         compute += min(n_ubatch, n_batch, cells) * (swa // streams) * 2
     output = n_parallel * info.n_vocab * 4  # logits buffer: one f32 row per sequence
@@ -242,7 +244,8 @@ def swa_cells(
     Upstream's llama_kv_cache_iswa gives each stream min(its share of the context,
     pad256(window x sequences-in-the-stream + ubatch)): the window of every sequence plus
     one ubatch being written (measured on Gemma 3 270M: 1024 cells at -c 4096..8192 -np 1,
-    1536 unified with -np 2, 2 x 1024 split with -np 2). `--swa-full`, models without SWA,
+    1536 unified with -np 2, 2 x 1024 split with -np 2; llama4's chunked layers alike, the
+    8192-token chunk as window: 8704 cells at -c 16384). `--swa-full`, models without SWA,
     and ik_llama.cpp (whose Gemma 3 cache is full-size on every layer, measured) get `cells`.
     """
     if not info.sliding_window or not any(info.swa_layers) or swa_full or flavor == "ik":
@@ -304,6 +307,7 @@ def _compute_bytes(
     else:
         per_token = 3 * f + 5 * e
     per_token = _recurrent_floats(info, max(per_token, _mla_attention_floats(info)), flavor)
+    per_token += _parallel_block_floats(info, flavor, kv_type)
     activations = ub * 4 * (per_token + 10)
     # the worst-case graph carries the sequences' state through a recurrent layer (one layer's worth)
     state = max(recurrent_state_bytes(info, 1), default=0)
@@ -335,9 +339,50 @@ def moe_activation_floats(info: ModelInfo) -> int:
     including every shape with FK >= 2E (all real MoE models); over by up to a third on
     shapes with few or narrow experts (FK <= E), never under.
     """
+    if info.architecture == "llama4":
+        return llama4_activation_floats(info)
     e, k, f = info.n_embd, info.n_expert_used, info.n_ff_exp
     ffn = 3 * f * k + 5 * e + (e * k if e > 2 * f and k > 1 else 0)
     return max(ffn, _attention_floor(info))
+
+
+def llama4_activation_floats(info: ModelInfo) -> int:
+    """Upstream's peak per ubatch token for llama4: a MoE layer (routed experts plus a shared
+    expert as wide as one) peaks at 3FK + 5E, + EK where the experts are wider than E; with
+    `interleave_moe_layer_step` > 1 the dense layers between (3F + 5E of their own FFN) may
+    peak higher. Measured on 11 tiny llama4 shapes (E 256, F 128..1024, K 1..2, step 1 and
+    2): within 0.5 % where F >= E, over by up to 5 % on narrower experts.
+    """
+    e, k, f = info.n_embd, info.n_expert_used, info.n_ff_exp
+    moe = 3 * f * k + 5 * e + (e * k if f > e else 0)
+    dense = 3 * info.n_ff + 5 * e if info.moe_layer_step > 1 else 0
+    return max(moe, dense, _attention_floor(info))
+
+
+def _parallel_block_floats(info: ModelInfo, flavor: str, kv_type: str) -> int:
+    """cohere2 runs attention and FFN side by side on one normed input, which stays alive
+    beside the FFN's peak: E more f32 per token on ik, and on upstream with a quantized K
+    cache (exact on 4 tiny cohere2 shapes, E 256/512, F 768..2048, f16/q8_0/q4_0)."""
+    if info.architecture != "cohere2":
+        return 0
+    if flavor == "ik" or kv_type.lower() not in ("f32", "f16", "bf16"):
+        return info.n_embd
+    return 0
+
+
+def ik_llama4_activation_floats(info: ModelInfo) -> int:
+    """ik_llama.cpp's peak per ubatch token for llama4, with A = max(2Q, 2E): a MoE layer
+    peaks at the routed experts, K(E + F) + A, or at the shared expert (as wide as one),
+    3F + A, whichever is larger; dense layers between (`interleave_moe_layer_step` > 1) at
+    3F_dense + A; never below 4Q. Measured on 11 tiny llama4 shapes (E 256, F 128..1024,
+    K 1..2): within 0.5 % on 8, over by a quarter where F <= E, 7 % under at F = 4E.
+    """
+    e, q, k, f = info.n_embd, info.n_head * info.key_length, info.n_expert_used, info.n_ff_exp
+    attn = max(2 * q, 2 * e)
+    peak = max(k * (e + f), 3 * f) + attn
+    if info.moe_layer_step > 1:
+        peak = max(peak, 3 * info.n_ff + attn)
+    return max(peak, 4 * q)
 
 
 def ik_activation_floats(info: ModelInfo) -> int:
@@ -349,6 +394,8 @@ def ik_activation_floats(info: ModelInfo) -> int:
     up to a quarter over where the FFN is narrow (F <= 2E), 8 % under on one qwen3 shape
     with Q = E / 2 (real models have Q >= E).
     """
+    if info.architecture == "llama4":
+        return ik_llama4_activation_floats(info)
     e, q = info.n_embd, info.n_head * info.key_length
     if info.is_moe:
         peak = info.n_expert_used * (e + info.n_ff_exp) + max(2 * q, 3 * e)
