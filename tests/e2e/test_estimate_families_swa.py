@@ -19,14 +19,13 @@ from pathlib import Path
 
 import pytest
 
-from guardian_supervisor.memory.estimate import MIB, Measured, estimate, parse_buffer_lines
+from guardian_supervisor.memory.estimate import MIB, estimate
 from guardian_supervisor.memory.fitparams import FitParams, LaunchKnobs, find_binary, projection_of
 from guardian_supervisor.memory.gguf_info import read_model_info
-from tests.e2e.test_estimate_vs_llama import LLAMA_SERVER, http, llama_server
+from tests.e2e.test_estimate_vs_llama import LLAMA_SERVER
+from tests.families.measure import serve_and_measure
 from tests.families.swa_families import write_all
 
-ROOT = Path(__file__).resolve().parents[2]
-IK_SERVER = ROOT / ".venv" / "bin" / "llama-server-ik"
 FIT = find_binary()
 pytestmark = pytest.mark.timeout(300)
 
@@ -53,36 +52,6 @@ def family_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return write_all(tmp_path_factory.mktemp("swa-families"))
 
 
-def _error_line(log: str) -> str:
-    """The line a server that refused a model printed about why (its first error line)."""
-    hits = [ln for ln in log.splitlines() if "error" in ln.lower()]
-    return hits[0].strip() if hits else log.strip().splitlines()[-1]
-
-
-def _run(
-    binary: Path, model: Path, log: Path, fork: str, fam: str, ctx: int, kv: str, n_par: int, unified: bool
-) -> Measured:
-    args = ["-c", str(ctx), "-np", str(n_par), "-ctk", kv, "-ctv", kv, "-fa", "on", "-t", "2"]
-    if fork == "upstream":
-        # -lv 4 prints the buffer lines; -fit off keeps -c; --no-repack keeps AMX copies out.
-        args += ["-lv", "4", "-fit", "off", "--no-repack", "-kvu" if unified else "-no-kvu"]
-    try:
-        with llama_server(model, log, *args, binary=binary) as url:
-            # the generated model really runs: a few tokens through every layer kind. The
-            # grammar keeps them whole UTF-8 (ik answers 500 to a lone byte token)
-            req = {"prompt": "hello world", "n_predict": 4, "grammar": "root ::= [a-z ]+"}
-            status, body = http(url + "/completion", req)
-            assert status == 200, body
-    except pytest.fail.Exception:
-        text = log.read_text(errors="replace")
-        if fork == "ik" and "unknown model architecture" in text:
-            pytest.skip(f"ik_llama.cpp does not load {fam}: {_error_line(text)}")
-        raise
-    measured = parse_buffer_lines(log.read_text(errors="replace").splitlines())
-    assert measured.source == "buffers", log.read_text()[-3000:]
-    return measured
-
-
 @pytest.mark.parametrize(("fam", "fork", "ctx", "kv", "n_par", "unified"), COMBOS)
 def test_swa_family_estimate_within_5_percent(
     family_models: dict[str, Path],
@@ -94,11 +63,10 @@ def test_swa_family_estimate_within_5_percent(
     n_par: int,
     unified: bool,
 ) -> None:
-    binary = LLAMA_SERVER if fork == "upstream" else IK_SERVER
-    if binary is None or not binary.exists():
-        pytest.skip(f"{fork} llama-server not installed: run 'make install'")
     model = family_models[fam]
-    measured = _run(binary, model, tmp_path / "llama.log", fork, fam, ctx, kv, n_par, unified)
+    measured = serve_and_measure(
+        model, tmp_path / "llama.log", fork, fam, ctx=ctx, kv=kv, n_par=n_par, unified=unified
+    )
     est = estimate(
         read_model_info(model),
         ctx=ctx,
@@ -137,7 +105,7 @@ def test_fit_params_projection_per_swa_family(
     info = read_model_info(model)
     est = estimate(info, ctx=ctx, kv_type=kv, gpu=False)
     proj = projection_of(rec, n_vocab=info.n_vocab, knobs=knobs, cells=est.ctx, floor_compute=0)
-    measured = _run(LLAMA_SERVER, model, tmp_path / "llama.log", "upstream", fam, ctx, kv, 1, False)
+    measured = serve_and_measure(model, tmp_path / "llama.log", "upstream", fam, ctx=ctx, kv=kv)
     projected = proj.total_bytes + est.output_bytes
     print(
         f"\n{fam} ctx {ctx} {kv}: fit-params {projected / MIB:.2f} MiB (KV {proj.kv_bytes / MIB:.0f}, "

@@ -28,40 +28,11 @@ import numpy as np
 
 from guardian_supervisor.demo_models import add_demo_vocab as _spm_vocab
 from guardian_supervisor.demo_models import write_gguf_atomic as _write_atomic
+from tests.families.common import Weights as _Weights
+from tests.families.common import file_type as _file_type
+from tests.families.common import tname as _name
 
 T = gguf.MODEL_TENSOR
-
-
-def _name(tensor: gguf.MODEL_TENSOR, bid: int | None = None, suffix: str = "weight") -> str:
-    base = gguf.TENSOR_NAMES[tensor].format(bid=bid)
-    return f"{base}.{suffix}" if suffix else base
-
-
-class _Weights:
-    """Random matrices (small std keeps activations finite); vectors stay f32."""
-
-    def __init__(self, seed: int, dtype: str) -> None:
-        self.rng = np.random.default_rng(seed)
-        self.dtype = np.float32 if dtype == "f32" else np.float16
-
-    def mat(self, *shape: int) -> np.ndarray:
-        return (self.rng.standard_normal(shape, dtype=np.float32) * 0.02).astype(self.dtype)
-
-    def vec(self, *shape: int) -> np.ndarray:
-        """Small random f32 values (lerp factors, decays, biases): elementwise operands."""
-        return self.rng.standard_normal(shape, dtype=np.float32) * 0.02
-
-    @staticmethod
-    def ones(*shape: int) -> np.ndarray:
-        return np.ones(shape, dtype=np.float32)
-
-    @staticmethod
-    def zeros(*shape: int) -> np.ndarray:
-        return np.zeros(shape, dtype=np.float32)
-
-
-def _file_type(dtype: str) -> gguf.LlamaFileType:
-    return gguf.LlamaFileType.MOSTLY_F16 if dtype == "f16" else gguf.LlamaFileType.ALL_F32
 
 
 def _common(w: gguf.GGUFWriter, name: str, dtype: str, n_layer: int, n_ctx: int, n_embd: int) -> None:

@@ -31,13 +31,11 @@ import numpy as np
 
 from guardian_supervisor.demo_models import add_demo_vocab as _spm_vocab
 from guardian_supervisor.demo_models import write_gguf_atomic as _write_atomic
-from tests.families.other_families import _name, _Weights
+from tests.families.common import Weights as _Weights
+from tests.families.common import file_type as _file_type
+from tests.families.common import tname as _name
 
 T = gguf.MODEL_TENSOR
-
-
-def _file_type(dtype: str) -> gguf.LlamaFileType:
-    return gguf.LlamaFileType.MOSTLY_F16 if dtype == "f16" else gguf.LlamaFileType.ALL_F32
 
 
 def _attention(w: gguf.GGUFWriter, r: _Weights, i: int, e: int, n_head: int, n_head_kv: int, hd: int) -> None:
