@@ -171,10 +171,13 @@ class GpuSettings:
     reserve_mb: int = 256  # kept free on every GPU for the driver and other processes
     overhead_mb: int | None = None  # per-GPU overhead (CUDA context); unset: estimate default
     release_timeout_s: float = 5.0  # after a stop, wait at most this long for memory to come back
+    ram_gbs: float | None = None  # RAM read bandwidth for offload speed; unset: measured once
 
     def validate(self) -> Problem:
         if self.mode == "simulated" and not self.simulated:
             return "simulated", "mode is simulated but no GPUs are listed under simulated"
+        if self.ram_gbs is not None and self.ram_gbs <= 0:
+            return "ram_gbs", "must be a positive number of GB/s (or left unset to measure it)"
         return None
 
 

@@ -6,7 +6,8 @@ overhead); `parse_buffer_lines` reads what llama-server actually allocated from 
 
 The compute-buffer formula was fitted against upstream llama-server build 11434 (CPU) on
 dense llama-architecture models; see `_compute_bytes`. Sliding-window attention is modelled
-(`swa_cells`, measured exact on Gemma 3), and so are routed MoE models' compute terms
+(`swa_cells`, measured exact on Gemma 3, and on tiny gemma2, cohere2 and llama4, whose
+chunked attention is sized alike), and so are routed MoE models' compute terms
 (`moe_activation_floats`; ik_llama.cpp: `ik_activation_floats`, measured on tiny qwen3,
 qwen3moe and gpt-oss). MLA (`kv_layer_bytes`: one latent row, K only), recurrent state
 (`recurrent_state_bytes`: f32 per sequence) and encoders (no cache) are modelled per layer,
@@ -20,7 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from guardian_supervisor.memory.gguf_info import ModelInfo
+from guardian_supervisor.memory.gguf_info import DELTA_NET_HYBRIDS, ModelInfo
 
 MIB = 1024 * 1024
 # CUDA context, cuBLAS workspace and the backend's memory pool: memory a GPU loses that no
@@ -156,8 +157,9 @@ def estimate(
     compute = _compute_bytes(
         info, cells, n_parallel, n_batch, n_ubatch, flash_attn, kv_unified, flavor, kv_type
     )
-    if flash_attn and swa != cells and any(info.swa_layers):
-        # the SWA cache has its own f16 mask, ubatch x cells of one stream
+    if flash_attn and flavor == "upstream" and any(info.swa_layers):
+        # the SWA cache has its own f16 mask, ubatch x cells of one stream (also where it
+        # holds the whole context: -c below the window, --swa-full; measured on llama4)
         streams = 1 if kv_unified else n_parallel
         compute += min(n_ubatch, n_batch, cells) * (swa // streams) * 2
     output = n_parallel * info.n_vocab * 4  # logits buffer: one f32 row per sequence
@@ -205,17 +207,23 @@ def kv_layer_bytes(
 
 
 def recurrent_state_bytes(info: ModelInfo, n_parallel: int) -> list[int]:
-    """Per layer: the f32 recurrent state of a Mamba/Mamba2 layer, for every sequence.
+    """Per layer: the f32 recurrent state of a recurrent layer, for every sequence.
 
     llama_memory_recurrent keeps, per layer and per sequence (max(1, -np) cells), a conv
     row r of (d_conv - 1) x (d_inner + 2 x n_group x d_state) and an SSM row s of
     d_state x d_inner, both f32 whatever -ctk/-ctv say (llama_hparams::n_embd_r/n_embd_s).
+    The same rows hold Mamba 1 (n_group 0) and the gated delta-net of qwen3next (d_inner =
+    value heads x d_state: s is one d_state^2 matrix per value head). RWKV: r is
+    token_shift_count x E, s is E x wkv head size. ik_llama.cpp sizes the same rows
+    (in its KV buffer; qwen3next's in one row per sequence).
     """
     n = info.n_layer
     if not any(info.recurrent_layers):
         return [0] * n
     conv = max(info.ssm_d_conv - 1, 0) * (info.ssm_d_inner + 2 * info.ssm_n_group * info.ssm_d_state)
     state = info.ssm_d_state * info.ssm_d_inner
+    if info.wkv_head_size:  # RWKV: token-shift rows, and a head_size^2 wkv state per head
+        conv, state = info.token_shift_count * info.n_embd, info.n_embd * info.wkv_head_size
     per_layer = (conv + state) * 4 * max(1, n_parallel)
     recr = list(info.recurrent_layers) + [False] * n
     return [per_layer if recr[il] else 0 for il in range(n)]
@@ -240,7 +248,8 @@ def swa_cells(
     Upstream's llama_kv_cache_iswa gives each stream min(its share of the context,
     pad256(window x sequences-in-the-stream + ubatch)): the window of every sequence plus
     one ubatch being written (measured on Gemma 3 270M: 1024 cells at -c 4096..8192 -np 1,
-    1536 unified with -np 2, 2 x 1024 split with -np 2). `--swa-full`, models without SWA,
+    1536 unified with -np 2, 2 x 1024 split with -np 2; llama4's chunked layers alike, the
+    8192-token chunk as window: 8704 cells at -c 16384). `--swa-full`, models without SWA,
     and ik_llama.cpp (whose Gemma 3 cache is full-size on every layer, measured) get `cells`.
     """
     if not info.sliding_window or not any(info.swa_layers) or swa_full or flavor == "ik":
@@ -301,11 +310,13 @@ def _compute_bytes(
         per_token = 2 * f + 5 * e
     else:
         per_token = 3 * f + 5 * e
-    per_token = max(per_token, _mla_attention_floats(info), _mamba_floats(info))
+    per_token = _recurrent_floats(info, max(per_token, _mla_attention_floats(info)), flavor)
+    per_token += _parallel_block_floats(info, flavor, kv_type)
     activations = ub * 4 * (per_token + 10)
-    # the worst-case graph carries every sequence's state through a Mamba layer (one layer's worth)
-    activations += max(0, n_parallel - 1) * max(recurrent_state_bytes(info, 1), default=0)
-    kv_seq = cells if kv_unified else -(-cells // n_parallel)
+    # the worst-case graph carries the sequences' state through a recurrent layer (one layer's worth)
+    state = max(recurrent_state_bytes(info, 1), default=0)
+    activations += _graph_state_seqs(info, n_parallel, flavor) * state
+    kv_seq = cells if kv_unified or flavor == "ik" else -(-cells // n_parallel)  # ik: one stream
     if not any(h for il, h in enumerate(info.n_head_kv) if not _is_recurrent(info, il)):
         total = activations  # no attention layer: no mask, no KQ
     elif flash_attn:
@@ -332,9 +343,50 @@ def moe_activation_floats(info: ModelInfo) -> int:
     including every shape with FK >= 2E (all real MoE models); over by up to a third on
     shapes with few or narrow experts (FK <= E), never under.
     """
+    if info.architecture == "llama4":
+        return llama4_activation_floats(info)
     e, k, f = info.n_embd, info.n_expert_used, info.n_ff_exp
     ffn = 3 * f * k + 5 * e + (e * k if e > 2 * f and k > 1 else 0)
     return max(ffn, _attention_floor(info))
+
+
+def llama4_activation_floats(info: ModelInfo) -> int:
+    """Upstream's peak per ubatch token for llama4: a MoE layer (routed experts plus a shared
+    expert as wide as one) peaks at 3FK + 5E, + EK where the experts are wider than E; with
+    `interleave_moe_layer_step` > 1 the dense layers between (3F + 5E of their own FFN) may
+    peak higher. Measured on 11 tiny llama4 shapes (E 256, F 128..1024, K 1..2, step 1 and
+    2): within 0.5 % where F >= E, over by up to 5 % on narrower experts.
+    """
+    e, k, f = info.n_embd, info.n_expert_used, info.n_ff_exp
+    moe = 3 * f * k + 5 * e + (e * k if f > e else 0)
+    dense = 3 * info.n_ff + 5 * e if info.moe_layer_step > 1 else 0
+    return max(moe, dense, _attention_floor(info))
+
+
+def _parallel_block_floats(info: ModelInfo, flavor: str, kv_type: str) -> int:
+    """cohere2 runs attention and FFN side by side on one normed input, which stays alive
+    beside the FFN's peak: E more f32 per token on ik, and on upstream with a quantized K
+    cache (exact on 4 tiny cohere2 shapes, E 256/512, F 768..2048, f16/q8_0/q4_0)."""
+    if info.architecture != "cohere2":
+        return 0
+    if flavor == "ik" or kv_type.lower() not in ("f32", "f16", "bf16"):
+        return info.n_embd
+    return 0
+
+
+def ik_llama4_activation_floats(info: ModelInfo) -> int:
+    """ik_llama.cpp's peak per ubatch token for llama4, with A = max(2Q, 2E): a MoE layer
+    peaks at the routed experts, K(E + F) + A, or at the shared expert (as wide as one),
+    3F + A, whichever is larger; dense layers between (`interleave_moe_layer_step` > 1) at
+    3F_dense + A; never below 4Q. Measured on 11 tiny llama4 shapes (E 256, F 128..1024,
+    K 1..2): within 0.5 % on 8, over by a quarter where F <= E, 7 % under at F = 4E.
+    """
+    e, q, k, f = info.n_embd, info.n_head * info.key_length, info.n_expert_used, info.n_ff_exp
+    attn = max(2 * q, 2 * e)
+    peak = max(k * (e + f), 3 * f) + attn
+    if info.moe_layer_step > 1:
+        peak = max(peak, 3 * info.n_ff + attn)
+    return max(peak, 4 * q)
 
 
 def ik_activation_floats(info: ModelInfo) -> int:
@@ -346,6 +398,8 @@ def ik_activation_floats(info: ModelInfo) -> int:
     up to a quarter over where the FFN is narrow (F <= 2E), 8 % under on one qwen3 shape
     with Q = E / 2 (real models have Q >= E).
     """
+    if info.architecture == "llama4":
+        return ik_llama4_activation_floats(info)
     e, q = info.n_embd, info.n_head * info.key_length
     if info.is_moe:
         peak = info.n_expert_used * (e + info.n_ff_exp) + max(2 * q, 3 * e)
@@ -398,6 +452,57 @@ def _mamba_floats(info: ModelInfo) -> int:
     mixer = (74 * d_inner + 27 * bc) // 10 + 233
     ffn = 3 * info.n_ff + 5 * info.n_embd + (7 * d_inner) // 2
     return max(mixer, ffn)
+
+
+def _recurrent_floats(info: ModelInfo, per_token: int, flavor: str = "upstream") -> int:
+    """f32 values per ubatch token at the graph's peak, given the attention / FFN estimate
+    `per_token`, for models with recurrent layers (upstream build 11434, CPU; each fitted
+    on generated models, E = n_embd, F = n_ff, slopes over ubatch 512..1024):
+    - RWKV6: the time mix, 15E + 5 x time_mix_extra_dim + time_decay_extra_dim, or the
+      channel mix, F + 8E, when wider (E 128..1024, F 2E..16E: within 3 % on real shapes,
+      +8 % at E = 128).
+    - RWKV7: 20E (19E with only two layers), or F + 16E once F > 8E (E 128..1024, F 2E..12E,
+      2..6 layers: within 1 %).
+    - Mamba 1: 7.5 d_inner (exact, E 128..1024; no FFN).
+    - gated delta-net (qwen3next): 1.5 conv channels (2 x key heads x d_state + d_inner)
+      + 2.5 d_inner + 5E beside the MoE's own peak, whichever is larger (fused GDN op;
+      exact on 12 shapes). ik_llama.cpp (0.1.5, its own delta-net): the largest of
+      2 conv + d_inner + 3E, the MoE's K(E + F) + 3E and the gated attention's 3Q + 7E
+      (Q = n_head x head_dim; within 0.5 % on the same 12 shapes).
+    - Mamba 2 and its hybrids: `_mamba_floats`.
+    A dense-FFN estimate means nothing for a pure RWKV or Mamba model: theirs replaces it.
+    """
+    if not any(info.recurrent_layers):
+        return per_token
+    e, f = info.n_embd, info.n_ff
+    if info.wkv_head_size and info.architecture.startswith("rwkv7"):
+        return f + 16 * e if f > 8 * e else (20 if info.n_layer > 2 else 19) * e
+    if info.wkv_head_size:
+        extra = 5 * int(info.metadata.get(f"{info.architecture}.time_mix_extra_dim") or 0)
+        extra += int(info.metadata.get(f"{info.architecture}.time_decay_extra_dim") or 0)
+        return max(15 * e + extra, f + 8 * e)
+    if info.architecture == "mamba":
+        return (15 * info.ssm_d_inner) // 2
+    if info.architecture in DELTA_NET_HYBRIDS:
+        conv = info.ssm_d_inner + 2 * info.ssm_n_group * info.ssm_d_state
+        if flavor == "ik":
+            moe = info.n_expert_used * (e + info.n_ff_exp) + 3 * e if info.is_moe else 0
+            attn = 3 * info.n_head * info.key_length + 7 * e
+            return max(2 * conv + info.ssm_d_inner + 3 * e, moe, attn)
+        return max(per_token, (3 * conv + 5 * info.ssm_d_inner) // 2 + 5 * e)
+    return max(per_token, _mamba_floats(info))
+
+
+def _graph_state_seqs(info: ModelInfo, n_parallel: int, flavor: str = "upstream") -> int:
+    """How many sequences' state (one layer's worth) the worst-case graph holds beside the
+    activations: upstream, every sequence's for Mamba 1, RWKV and the gated delta-net
+    (measured: -np 1..8), all but one for Mamba 2 and its hybrids (whose fit absorbed the
+    first; jamba unmeasured, kept there); ik_llama.cpp reserves its graph for one sequence
+    (qwen3next, -np 1 and 3)."""
+    if flavor == "ik":
+        return 1
+    every = info.architecture in ("mamba", *DELTA_NET_HYBRIDS) or info.wkv_head_size > 0
+    return n_parallel if every else max(0, n_parallel - 1)
 
 
 # ik_llama.cpp's MLA graph takes its prompt-processing path (`pp_opt`) from 128 tokens on.

@@ -123,6 +123,11 @@ class ModelInfo:
     ssm_n_group: int = 0
     recurrent_layers: tuple[bool, ...] = ()
     has_kv_cache: bool = True  # False for encoders (bert...): llama.cpp creates no memory for them
+    # RWKV state sizes: {arch}.wkv.head_size (0 = not RWKV) and {arch}.token_shift_count.
+    wkv_head_size: int = 0
+    token_shift_count: int = 2
+    # {arch}.interleave_moe_layer_step (llama4): every n-th layer MoE, the rest dense; 0 = absent
+    moe_layer_step: int = 0
 
     @property
     def is_mla(self) -> bool:
@@ -414,6 +419,7 @@ def _build(path: Path, file_size: int, raw: _Raw, keep_arrays: bool) -> ModelInf
     metadata = {k: ([] if isinstance(v, _SkippedArray) else v) for k, v in kv.items()}
     if not keep_arrays:
         metadata = {k: _show_value(v, False) for k, v in metadata.items()}
+    window = swa_window(arch, get("attention.sliding_window"))
     return ModelInfo(
         path=path,
         file_size=file_size,
@@ -439,10 +445,8 @@ def _build(path: Path, file_size: int, raw: _Raw, keep_arrays: bool) -> ModelInf
         tensors=tuple(raw.tensors),
         arrays_kept=keep_arrays,
         reader=raw.reader,
-        sliding_window=int(get("attention.sliding_window") or 0),
-        swa_layers=_swa_layers(
-            arch, get("attention.sliding_window") or 0, get("attention.sliding_window_pattern"), n_layer
-        ),
+        sliding_window=window,
+        swa_layers=_swa_layers(arch, window, get("attention.sliding_window_pattern"), n_layer),
         **_moe_hparams(get, n_ff),
         kv_lora_rank=int(get("attention.kv_lora_rank") or 0),
         key_length_mla=int(get("attention.key_length_mla") or 0),
@@ -452,8 +456,11 @@ def _build(path: Path, file_size: int, raw: _Raw, keep_arrays: bool) -> ModelInf
         ssm_d_inner=int(get("ssm.inner_size") or 0),
         ssm_d_state=int(get("ssm.state_size") or 0),
         ssm_n_group=int(get("ssm.group_count") or 0),
-        recurrent_layers=_recurrent_layers(arch, kv_heads, n_layer),
+        recurrent_layers=_recurrent_layers(arch, kv_heads, n_layer) or _delta_net_layers(arch, get, n_layer),
         has_kv_cache=arch not in ENCODER_ARCHS,
+        wkv_head_size=int(get("wkv.head_size") or 0),
+        token_shift_count=int(get("token_shift_count") or 2),
+        moe_layer_step=int(get("interleave_moe_layer_step") or 0),
     )
 
 
@@ -485,9 +492,27 @@ def _recurrent_layers(arch: str, kv_heads: list[int], n_layer: int) -> tuple[boo
     return ()
 
 
+# Hybrids with gated delta-net (linear attention) layers between full-attention ones.
+DELTA_NET_HYBRIDS = frozenset({"qwen3next", "qwen35", "qwen35moe"})
+
+
+def _delta_net_layers(arch: str, get: Callable[..., Any], n_layer: int) -> tuple[bool, ...]:
+    """Qwen3-Next / Qwen3.5 recurrent layers: {arch}.attention.recurrent_layers where given,
+    else every layer but each full_attention_interval-th (default 4; llama.cpp's
+    load_arch_hparams). ik_llama.cpp's qwen3next ignores the key and uses 4 (equal on the
+    released models)."""
+    if arch not in DELTA_NET_HYBRIDS or n_layer < 1:
+        return ()
+    flags = get("attention.recurrent_layers")
+    if isinstance(flags, list) and len(flags) >= n_layer:
+        return tuple(bool(v) for v in flags[:n_layer])
+    interval = int(get("full_attention_interval") or 4)
+    return tuple((il + 1) % interval != 0 for il in range(n_layer))
+
+
 # Architectures whose SWA layer pattern llama-model.cpp hard-codes (`set_swa_pattern(n)`: every
 # n-th layer, the last of each group, is global); a GGUF array `sliding_window_pattern` wins.
-_SWA_PERIOD: dict[str, int] = {"gemma3": 6, "gemma2": 2, "gpt-oss": 2, "cohere2": 4}
+_SWA_PERIOD: dict[str, int] = {"gemma3": 6, "gemma2": 2, "gpt-oss": 2, "cohere2": 4, "llama4": 4}
 
 
 def _swa_layers(arch: str, window: Any, pattern: Any, n_layer: int) -> tuple[bool, ...]:
@@ -500,6 +525,26 @@ def _swa_layers(arch: str, window: Any, pattern: Any, n_layer: int) -> tuple[boo
     if period <= 1:
         return ()  # window given but no known pattern: model it as full attention (an upper bound)
     return tuple(il % period < period - 1 for il in range(n_layer))
+
+
+# llama4's attention chunk (llama4.cpp: n_swa = 8192 whatever the GGUF says, unless it says 0).
+LLAMA4_ATTN_CHUNK = 8192
+# Windows llama.cpp assumes when the GGUF has no sliding_window key (gemma2.cpp).
+_SWA_DEFAULT_WINDOW: dict[str, int] = {"gemma2": 4096}
+
+
+def swa_window(arch: str, value: Any) -> int:
+    """llama_hparams::n_swa from `{arch}.attention.sliding_window` (`value`, None if absent).
+
+    llama4's chunked attention (LLAMA_SWA_TYPE_CHUNKED) counts here too: its chunked layers
+    hold the chunk like a window (llama-kv-cache-iswa.cpp sizes both caches alike); a key
+    of 0 turns chunking off (MobileLLM-style llama4), any other value is ignored.
+    """
+    if arch == "llama4":
+        return 0 if value is not None and int(value) == 0 else LLAMA4_ATTN_CHUNK
+    if value is None:
+        return _SWA_DEFAULT_WINDOW.get(arch, 0)
+    return int(value or 0)
 
 
 def _moe_hparams(get: Callable[..., Any], n_ff: int) -> dict[str, int]:

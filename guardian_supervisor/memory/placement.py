@@ -617,8 +617,9 @@ def place(
     return _no_fit(request, inventory, others, limits)
 
 
-# System RAM bandwidth assumed for the speed estimate of an offloaded plan: a dual-channel
-# DDR5 desktop reads ~50-60 GB/s (a server with more channels reads more, so this errs slow).
+# System RAM bandwidth for the speed estimate of an offloaded plan when none was measured
+# (the planner measures it, memory/ram_bandwidth.py): a dual-channel DDR5 desktop reads
+# ~50-60 GB/s.
 RAM_BYTES_PER_S = 50e9
 
 
@@ -635,7 +636,9 @@ def offloaded_gen_tps(
         raise ValueError("full_gpu_tps and weight_bytes must be positive")
     gpu_bw = weight_bytes * full_gpu_tps
     cpu = min(max(cpu_weight_bytes, 0), weight_bytes)
-    return 1.0 / ((weight_bytes - cpu) / gpu_bw + cpu / ram_bytes_per_s)
+    # never faster than the GPU: a slow benchmark (a tiny model, a busy GPU) can imply a GPU
+    # "bandwidth" below the RAM's, which says nothing about the RAM being quicker
+    return min(full_gpu_tps, 1.0 / ((weight_bytes - cpu) / gpu_bw + cpu / ram_bytes_per_s))
 
 
 def cuda_env(plan: Plan) -> dict[str, str]:

@@ -43,6 +43,7 @@ from guardian_supervisor.memory.projector import (
     parse_projector_lines,
     projector_in_ram,
 )
+from guardian_supervisor.memory.ram_bandwidth import read_bandwidth
 from guardian_supervisor.memory.tensor_overrides import PinnedToRam, parse_rules, pinned_to_ram
 from guardian_supervisor.models.argv import IK_CACHE_RAM_MIB, Placement, launch_ctx
 from guardian_supervisor.models.plans import Go, PlanResult, Refuse, Wait
@@ -250,10 +251,15 @@ def ram_pinned_request(req: pl.PlaceRequest, pinned: PinnedToRam) -> pl.PlaceReq
 
 
 def offload_note(
-    plan: pl.Plan, n_layer: int, weight_bytes: int, best_gen_tps: float | None = None
+    plan: pl.Plan,
+    n_layer: int,
+    weight_bytes: int,
+    best_gen_tps: float | None = None,
+    ram_bytes_per_s: float = pl.RAM_BYTES_PER_S,
 ) -> dict[str, Any]:
     """What an offloaded plan keeps in RAM and, with a benchmark record of the model's
-    generation speed, the speed to expect (placement.offloaded_gen_tps)."""
+    generation speed, the speed to expect (placement.offloaded_gen_tps) when RAM is read at
+    `ram_bytes_per_s`."""
     if plan.n_cpu_moe:
         how = f"experts of the first {plan.n_cpu_moe} of {n_layer} layers in system RAM (--n-cpu-moe)"
     else:
@@ -265,8 +271,9 @@ def offload_note(
         "cpu_mib": mib(plan.cpu_bytes),
     }
     if best_gen_tps and weight_bytes > 0:
-        tps = pl.offloaded_gen_tps(best_gen_tps, weight_bytes, plan.cpu_bytes)
+        tps = pl.offloaded_gen_tps(best_gen_tps, weight_bytes, plan.cpu_bytes, ram_bytes_per_s)
         note["benchmark_gen_tps"] = round(best_gen_tps, 1)
+        note["ram_gbs"] = round(ram_bytes_per_s / 1e9, 1)
         note["expected_gen_tps"] = round(tps, 1)
         note["expected_slowdown"] = round(best_gen_tps / tps, 1)
     else:
@@ -321,6 +328,7 @@ class VramPlanner:
         self._saving: set[asyncio.Task[None]] = set()  # the loop keeps only weak task references
         self._fit: FitParams | None = None
         self.fit_binary: str | bool | None = False  # False: not looked up yet
+        self._ram_bw: float | None = None  # measured RAM read bytes/s (ram_bandwidth)
 
     async def fitparams(self) -> FitParams:
         if self._fit is None:
@@ -508,8 +516,13 @@ class VramPlanner:
             dict(decision.per_gpu_bytes), decision.cpu_bytes, use.total_bytes, decision.gpus, swa_full=swa.on
         )
         if inv.gpus and not decision.fits_fully:
+            best = await self.best_gen_tps(model.name)
             note = offload_note(
-                decision, len(request.layer_bytes), use.weights_bytes, await self.best_gen_tps(model.name)
+                decision,
+                len(request.layer_bytes),
+                use.weights_bytes,
+                best,
+                await self.ram_bandwidth() if best else pl.RAM_BYTES_PER_S,
             )
             info["offload"] = note
             if model.name in self.placed:
@@ -526,6 +539,16 @@ class VramPlanner:
             )
         log.info("placed", model=model.name, ctx=ctx, evict=decision.evict, **info, ngl=decision.n_gpu_layers)
         return Go(evict=decision.evict, placement=placement, info=info, env=env)
+
+    async def ram_bandwidth(self) -> float:
+        """RAM read bytes/s for the offload speed: gpus.ram_gbs, else measured once (~0.3 s,
+        in a thread) and kept for the life of the process."""
+        if (gbs := self.config.settings.gpus.ram_gbs) is not None:
+            return gbs * 1e9
+        if self._ram_bw is None:
+            self._ram_bw = await asyncio.to_thread(read_bandwidth)
+            log.info("ram_bandwidth", gbs=round(self._ram_bw / 1e9, 1))
+        return self._ram_bw
 
     async def best_gen_tps(self, model: str) -> float | None:
         """The model's best generation speed from the benchmark records, if any."""

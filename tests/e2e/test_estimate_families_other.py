@@ -17,14 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from guardian_supervisor.memory.estimate import MIB, Measured, estimate, parse_buffer_lines
+from guardian_supervisor.memory.estimate import MIB, estimate
 from guardian_supervisor.memory.fitparams import FitParams, LaunchKnobs, find_binary, projection_of
 from guardian_supervisor.memory.gguf_info import read_model_info
-from tests.e2e.test_estimate_vs_llama import LLAMA_SERVER, http, llama_server
+from tests.e2e.test_estimate_vs_llama import LLAMA_SERVER
+from tests.families.measure import serve_and_measure
 from tests.families.other_families import write_all
 
-ROOT = Path(__file__).resolve().parents[2]
-IK_SERVER = ROOT / ".venv" / "bin" / "llama-server-ik"
 FIT = find_binary()
 pytestmark = pytest.mark.timeout(300)
 
@@ -44,46 +43,12 @@ def family_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return write_all(tmp_path_factory.mktemp("families"))
 
 
-def _error_line(log: str) -> str:
-    """The line a server that refused a model printed about why (its first error line)."""
-    hits = [ln for ln in log.splitlines() if "error" in ln.lower()]
-    return hits[0].strip() if hits else log.strip().splitlines()[-1]
-
-
-def _run(
-    binary: Path, model: Path, log: Path, fork: str, fam: str, ctx: int, kv: str, n_par: int
-) -> Measured:
-    args = ["-c", str(ctx), "-np", str(n_par), "-ctk", kv, "-ctv", kv, "-fa", "on", "-t", "2"]
-    if fork == "upstream":
-        # -lv 4 prints the buffer lines; -fit off keeps -c; --no-repack keeps AMX copies out.
-        args += ["-lv", "4", "-fit", "off", "--no-repack", "-no-kvu"]
-    if fam == "bert":
-        args += ["--embeddings"]
-    try:
-        with llama_server(model, log, *args, binary=binary) as url:
-            if fam == "bert":  # it really serves embeddings, one n_embd vector per input
-                status, body = http(url + "/v1/embeddings", {"input": "hello world"})
-                assert status == 200, body
-                assert len(body["data"][0]["embedding"]) == read_model_info(model).n_embd
-    except pytest.fail.Exception:
-        text = log.read_text(errors="replace")
-        if fork == "ik" and "unknown model architecture" in text:
-            pytest.skip(f"ik_llama.cpp does not load {fam}: {_error_line(text)}")
-        raise
-    measured = parse_buffer_lines(log.read_text(errors="replace").splitlines())
-    assert measured.source == "buffers", log.read_text()[-3000:]
-    return measured
-
-
 @pytest.mark.parametrize(("fam", "fork", "ctx", "kv", "n_par"), COMBOS)
 def test_family_estimate_within_5_percent(
     family_models: dict[str, Path], tmp_path: Path, fam: str, fork: str, ctx: int, kv: str, n_par: int
 ) -> None:
-    binary = LLAMA_SERVER if fork == "upstream" else IK_SERVER
-    if binary is None or not binary.exists():
-        pytest.skip(f"{fork} llama-server not installed: run 'make install'")
     model = family_models[fam]
-    measured = _run(binary, model, tmp_path / "llama.log", fork, fam, ctx, kv, n_par)
+    measured = serve_and_measure(model, tmp_path / "llama.log", fork, fam, ctx=ctx, kv=kv, n_par=n_par)
     est = estimate(read_model_info(model), ctx=ctx, kv_type=kv, n_parallel=n_par, gpu=False, flavor=fork)
     print(
         f"\n{fam} {fork} ctx {ctx} {kv} np {n_par}: estimate {est.total_bytes / MIB:.2f} MiB "
@@ -119,7 +84,7 @@ def test_fit_params_projection_per_family(
     info = read_model_info(model)
     est = estimate(info, ctx=ctx, kv_type=kv, gpu=False)
     proj = projection_of(rec, n_vocab=info.n_vocab, knobs=knobs, cells=est.ctx, floor_compute=0)
-    measured = _run(LLAMA_SERVER, model, tmp_path / "llama.log", "upstream", fam, ctx, kv, 1)
+    measured = serve_and_measure(model, tmp_path / "llama.log", "upstream", fam, ctx=ctx, kv=kv)
     projected = proj.total_bytes + est.output_bytes
     print(
         f"\n{fam} ctx {ctx} {kv}: fit-params {projected / MIB:.2f} MiB (KV+state {proj.kv_bytes / MIB:.0f}, "

@@ -101,27 +101,31 @@ def demo_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 COMBOS = [
-    ("demo-a", 512, "f16", True),
-    ("demo-a", 4096, "f16", True),
-    ("demo-a", 16384, "f16", True),
-    ("demo-a", 4096, "q8_0", True),
-    ("demo-a", 4096, "q4_0", True),
-    ("demo-a", 16384, "q4_0", True),
-    ("demo-a", 4096, "f16", False),
-    ("demo-b", 4096, "f16", True),
-    ("demo-b", 16384, "q8_0", True),
+    ("demo-a", 512, "f16", True, 512),
+    ("demo-a", 4096, "f16", True, 512),
+    ("demo-a", 16384, "f16", True, 512),
+    ("demo-a", 4096, "q8_0", True, 512),
+    ("demo-a", 4096, "q4_0", True, 512),
+    ("demo-a", 16384, "q4_0", True, 512),
+    ("demo-a", 4096, "f16", False, 512),
+    ("demo-b", 4096, "f16", True, 512),
+    ("demo-b", 16384, "q8_0", True, 512),
+    # the compute buffer scales with the ubatch (-ub; -b at least as large), FA on and off
+    ("demo-b", 8192, "f16", True, 128),
+    ("demo-b", 8192, "f16", True, 2048),
+    ("demo-b", 4096, "f16", False, 1024),
 ]
 
 
-@pytest.mark.parametrize(("model", "ctx", "kv", "fa"), COMBOS)
+@pytest.mark.parametrize(("model", "ctx", "kv", "fa", "ub"), COMBOS)
 def test_estimate_within_10_percent(
-    demo_models: dict[str, Path], tmp_path: Path, model: str, ctx: int, kv: str, fa: bool
+    demo_models: dict[str, Path], tmp_path: Path, model: str, ctx: int, kv: str, fa: bool, ub: int
 ) -> None:
     log = tmp_path / "llama.log"
     args = ["-c", str(ctx), "-np", "1", "-ctk", kv, "-ctv", kv, "-fa", "on" if fa else "off", "-lv", "4"]
     # -fit off: keep our -c; --no-repack: on CPUs with AMX, f16 weights would otherwise be
     # copied into an extra repack buffer next to the mmapped file and counted twice.
-    args += ["-fit", "off", "--no-repack", "-t", "2"]
+    args += ["-fit", "off", "--no-repack", "-t", "2", "-b", str(max(ub, 2048)), "-ub", str(ub)]
     with llama_server(demo_models[model], log, *args):
         pass
     measured = parse_buffer_lines(log.read_text(errors="replace").splitlines())
@@ -129,7 +133,7 @@ def test_estimate_within_10_percent(
     assert measured.model_bytes > 0 and measured.kv_bytes > 0 and measured.compute_bytes > 0
 
     info = read_model_info(demo_models[model])
-    est = estimate(info, ctx=ctx, kv_type=kv, gpu=False, flash_attn=fa)
+    est = estimate(info, ctx=ctx, kv_type=kv, gpu=False, flash_attn=fa, n_batch=max(ub, 2048), n_ubatch=ub)
     ratio = est.total_bytes / measured.total_bytes
     detail = f"estimate {est.to_dict()} vs measured {measured}"
     assert abs(ratio - 1) <= 0.10, detail

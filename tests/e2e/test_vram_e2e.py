@@ -149,6 +149,21 @@ def test_cpu_offload_when_allowed_and_refusal_when_not(guardian_factory, model_d
     note = g3.status()["vram"]["placements"]["demo-b"]["offload"]
     assert note["ngl"] == ngl3 and note["cpu_mib"] > 0 and "-ngl" in note["how"]
     assert note["expected_gen_tps"] is None, "no benchmark record yet"
+    # With a benchmark record of the model's full-GPU speed, the note expects a slower one,
+    # at this machine's RAM bandwidth, measured by the supervisor (no gpus.ram_gbs set).
+    g4 = guardian_factory(models(model_dir), sim(("tiny", 10, 0)), start=None)
+    # 13 MiB of weights at 1e5 tok/s: a GPU reading ~1.4 TB/s, far above any RAM
+    record = {"value": 1e5, "settings": {}, "run_id": "r", "at": 1.0}
+    (g4.root / "data").mkdir(parents=True, exist_ok=True)
+    (g4.root / "data" / "benchmark_records.json").write_text(
+        json.dumps({"best": {"demo-b": {"gen_tps": record}}, "events": []})
+    )
+    g4.start("guardian")
+    assert chat(g4.url, "demo-b").status_code == 200
+    note = g4.status()["vram"]["placements"]["demo-b"]["offload"]
+    assert note["benchmark_gen_tps"] == 1e5 and 0 < note["expected_gen_tps"] < 1e5
+    assert 0.5 < note["ram_gbs"] < 2000, note
+    assert "ram_bandwidth" in g4.log()
 
 
 def test_guardianctl_estimate_and_status(guardian_factory, model_dir):

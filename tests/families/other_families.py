@@ -24,32 +24,11 @@ import numpy as np
 
 from guardian_supervisor.demo_models import add_demo_vocab as _spm_vocab
 from guardian_supervisor.demo_models import write_gguf_atomic as _write_atomic
+from tests.families.common import Weights as _Weights
+from tests.families.common import file_type as _file_type
+from tests.families.common import tname as _name
 
 T = gguf.MODEL_TENSOR
-
-
-def _name(tensor: gguf.MODEL_TENSOR, bid: int | None = None, suffix: str = "weight") -> str:
-    base = gguf.TENSOR_NAMES[tensor].format(bid=bid)
-    return f"{base}.{suffix}" if suffix else base
-
-
-class _Weights:
-    """Random matrices (small std keeps activations finite) and unit norms."""
-
-    def __init__(self, seed: int, dtype: str) -> None:
-        self.rng = np.random.default_rng(seed)
-        self.dtype = np.float32 if dtype == "f32" else np.float16
-
-    def mat(self, *shape: int) -> np.ndarray:
-        return (self.rng.standard_normal(shape, dtype=np.float32) * 0.02).astype(self.dtype)
-
-    @staticmethod
-    def ones(*shape: int) -> np.ndarray:
-        return np.ones(shape, dtype=np.float32)  # 1-d tensors stay f32, as in real models
-
-    @staticmethod
-    def zeros(*shape: int) -> np.ndarray:
-        return np.zeros(shape, dtype=np.float32)
 
 
 # --- deepseek2 (MLA) ------------------------------------------------------------------------
@@ -86,7 +65,7 @@ def write_deepseek2(path: Path, spec: DeepSeek2Spec = DeepSeek2Spec()) -> Path:
 
     def fill(w: gguf.GGUFWriter) -> None:
         w.add_name(s.name)
-        w.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if s.dtype == "f16" else gguf.LlamaFileType.ALL_F32)
+        w.add_file_type(_file_type(s.dtype))
         w.add_block_count(s.n_layer)
         w.add_context_length(s.n_ctx_train)
         w.add_embedding_length(s.n_embd)
@@ -182,7 +161,7 @@ def write_granitehybrid(path: Path, spec: GraniteHybridSpec = GraniteHybridSpec(
 
     def fill(w: gguf.GGUFWriter) -> None:
         w.add_name(s.name)
-        w.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if s.dtype == "f16" else gguf.LlamaFileType.ALL_F32)
+        w.add_file_type(_file_type(s.dtype))
         w.add_block_count(s.n_layer)
         w.add_context_length(s.n_ctx_train)
         w.add_embedding_length(s.n_embd)
@@ -259,7 +238,7 @@ def write_bert(path: Path, spec: BertSpec = BertSpec()) -> Path:
 
     def fill(w: gguf.GGUFWriter) -> None:
         w.add_name(s.name)
-        w.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if s.dtype == "f16" else gguf.LlamaFileType.ALL_F32)
+        w.add_file_type(_file_type(s.dtype))
         w.add_block_count(s.n_layer)
         w.add_context_length(s.n_ctx_train)
         w.add_embedding_length(s.n_embd)

@@ -144,10 +144,25 @@ def test_expected_speed_from_a_benchmark_record() -> None:
     tps = offloaded_gen_tps(100.0, 10 * 10**9, 2 * 10**9)
     assert tps == pytest.approx(1 / (8e9 / 1e12 + 2e9 / RAM_BYTES_PER_S))
     assert offloaded_gen_tps(100.0, 10**9, 0) == pytest.approx(100.0)
+    # a benchmark slower than RAM reads (a tiny model) never predicts a speed-up
+    assert offloaded_gen_tps(100.0, 10**6, 5 * 10**5) == 100.0
     plan = Plan("m", (), (0,), None, 0, 49, {0: 8 * G}, 2 * G, False, n_cpu_moe=5)
     note = offload_note(plan, 48, 10 * G, best_gen_tps=100.0)
     assert note["n_cpu_moe"] == 5 and "--n-cpu-moe" in note["how"] and note["expected_slowdown"] > 1
     assert offload_note(plan, 48, 10 * G)["expected_gen_tps"] is None
+    # a faster RAM (measured, or gpus.ram_gbs) costs less: the note says which figure it used
+    fast = offload_note(plan, 48, 10 * G, best_gen_tps=100.0, ram_bytes_per_s=200e9)
+    assert fast["ram_gbs"] == 200.0 and fast["expected_gen_tps"] > note["expected_gen_tps"]
+
+
+def test_ram_bandwidth_is_measured_not_assumed() -> None:
+    from guardian_supervisor.memory.ram_bandwidth import read_bandwidth
+
+    # 64 MiB read by 2 threads: any machine that runs the suite reads between 0.5 and 2000 GB/s
+    bw = read_bandwidth(64 * 1024 * 1024, threads=2, repeats=2)
+    assert 0.5e9 < bw < 2e12
+    with pytest.raises(ValueError, match="at least 1 MiB"):
+        read_bandwidth(1024)
 
 
 def test_expert_bytes_are_read_per_layer_from_the_gguf(tmp_path: Path) -> None:

@@ -89,6 +89,7 @@ def test_settings_file_is_optional(tmp_path):
         ("proxy:\n  port: eleven\n", BRIEF_MODEL, "settings.yaml:2: proxy.port", "expected an integer"),
         ("proxy:\n  port: 99999\n", BRIEF_MODEL, "settings.yaml:2: proxy.port", "TCP port"),
         ("default_backend: nope\n", BRIEF_MODEL, "settings.yaml:1: default_backend", "no backend named"),
+        ("gpus:\n  ram_gbs: 0\n", BRIEF_MODEL, "settings.yaml:2: gpus.ram_gbs", "positive number of GB/s"),
         (
             "benchmark:\n  schedule:\n    days: [someday]\n",
             BRIEF_MODEL,
@@ -159,6 +160,13 @@ def test_errors_name_file_line_and_key(tmp_path, settings, models, where, words)
         load_config(write(tmp_path, settings, models))
     msg = str(exc.value)
     assert where in msg and words in msg, msg
+
+
+def test_ram_bandwidth_setting(tmp_path):
+    cfg = load_config(write(tmp_path, "gpus:\n  ram_gbs: 80\n", BRIEF_MODEL))
+    assert cfg.settings.gpus.ram_gbs == 80.0
+    (tmp_path / "plain").mkdir()
+    assert load_config(write(tmp_path / "plain", None, BRIEF_MODEL)).settings.gpus.ram_gbs is None
 
 
 def test_missing_models_file(tmp_path):
