@@ -28,11 +28,10 @@ from guardian_supervisor.memory.projector import (
     ik_mtmd_ubatch,
     parse_projector_lines,
 )
-from tests.e2e.test_estimate_vs_llama import LLAMA_SERVER, http, llama_server
+from tests.e2e.test_estimate_vs_llama import http, llama_server
+from tests.families.measure import server_for
 from tests.families.projector_families import PROJECTORS, png_bytes, write_pair
 
-ROOT = Path(__file__).resolve().parents[2]
-IK_SERVER = ROOT / ".venv" / "bin" / "llama-server-ik"
 pytestmark = pytest.mark.timeout(300)
 FORKS = ("upstream", "ik")
 LETTERS = "root ::= [a-z ]+"
@@ -42,13 +41,6 @@ LETTERS = "root ::= [a-z ]+"
 def pairs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path]]:
     d = tmp_path_factory.mktemp("projectors")
     return {key: write_pair(d, key) for key in PROJECTORS}
-
-
-def _binary(fork: str) -> Path:
-    binary = LLAMA_SERVER if fork == "upstream" else IK_SERVER
-    if binary is None or not binary.exists():
-        pytest.skip(f"{fork} llama-server not installed: run 'make install'")
-    return binary
 
 
 def _args(fork: str, ctx: int, kv: str, fa: str, proj: Path) -> list[str]:
@@ -98,7 +90,7 @@ def test_projector_estimate_within_5_percent(
     text, proj = pairs[key]
     log = tmp_path / "server.log"  # not llama.log: ik writes its own file of that name in its cwd
     monkeypatch.chdir(tmp_path)
-    with llama_server(text, log, *_args(fork, 2048, "f16", fa, proj), binary=_binary(fork)):
+    with llama_server(text, log, *_args(fork, 2048, "f16", fa, proj), binary=server_for(fork)):
         pass
     got = _measured(log)
     est = estimate_projector(read_model_info(proj), flavor=fork, flash_attn=fa == "on")
@@ -129,7 +121,7 @@ def test_whole_launch_with_a_projector_and_an_image(
     text, proj = pairs[key]
     log = tmp_path / "server.log"  # not llama.log: ik writes its own file of that name in its cwd
     monkeypatch.chdir(tmp_path)  # ik writes probabilities.txt where it runs when sampling fails
-    with llama_server(text, log, *_args(fork, ctx, kv, "on", proj), binary=_binary(fork)) as url:
+    with llama_server(text, log, *_args(fork, ctx, kv, "on", proj), binary=server_for(fork)) as url:
         try:
             body: dict[str, object] | None = _image_chat(url)
         except (OSError, HTTPException):  # the server died answering
@@ -177,7 +169,7 @@ def test_guardian_plans_and_shows_the_projector(
 ) -> None:
     """guardianctl estimate shows the projector's weights and compute, in VRAM or (with
     --no-mmproj-offload) in RAM; an image request goes through Guardian to the server."""
-    _binary("upstream")
+    server_for("upstream")
     text, proj = pairs["mlp-224"]
     models = {
         "vis": {"path": str(text), "context": 1024, "mmproj": str(proj)},
