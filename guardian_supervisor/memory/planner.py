@@ -507,9 +507,8 @@ class VramPlanner:
             "gpus": list(decision.gpus),
             "per_gpu_mib": {str(k): mib(v) for k, v in decision.per_gpu_bytes.items()},
         }
-        if (
-            request.ram_bytes and inv.gpus
-        ):  # the user's -ot/--n-cpu-moe/--no-mmproj-offload: say what stays in RAM
+        # the user's -ot/--n-cpu-moe/--no-mmproj-offload: say what stays in RAM
+        if request.ram_bytes and inv.gpus:
             info["ram_by_extra_args_mib"] = mib(request.ram_bytes)
         # Recorded before any await: a plan made meanwhile must see this model's bytes.
         self.placed[model.name] = Placed(
