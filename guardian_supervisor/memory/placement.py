@@ -59,6 +59,9 @@ class PlaceRequest:
     # Weights the user's own -ot/--cpu-moe/--n-cpu-moe keep in RAM whatever -ngl says; not
     # in layer_bytes/nonrepeating_bytes/expert_bytes. They bring a CPU compute buffer along.
     ram_bytes: int = 0
+    # RAM that brings no text-model compute buffer: a projector kept there by
+    # --no-mmproj-offload (its own warm-up buffer is inside these bytes).
+    ram_side_bytes: int = 0
 
     @property
     def n_layer(self) -> int:
@@ -72,12 +75,12 @@ class PlaceRequest:
     @property
     def weights_bytes(self) -> int:
         """Weights + KV cache of the whole model, without compute buffers or overhead."""
-        return self.gpu_weights_bytes + self.ram_bytes
+        return self.gpu_weights_bytes + self.ram_bytes + self.ram_side_bytes
 
     @property
     def pinned_ram_bytes(self) -> int:
         """RAM the user's overrides need with everything else on the GPUs."""
-        return self.ram_bytes + self.compute_bytes if self.ram_bytes else 0
+        return (self.ram_bytes + self.compute_bytes if self.ram_bytes else 0) + self.ram_side_bytes
 
 
 @dataclass(frozen=True)
@@ -187,7 +190,14 @@ def _f32(x: float) -> float:
 
 
 def _check_request(req: PlaceRequest) -> None:
-    sizes = (*req.layer_bytes, req.nonrepeating_bytes, req.compute_bytes, req.overhead_bytes, req.ram_bytes)
+    sizes = (
+        *req.layer_bytes,
+        req.nonrepeating_bytes,
+        req.compute_bytes,
+        req.overhead_bytes,
+        req.ram_bytes,
+        req.ram_side_bytes,
+    )
     if any(s < 0 for s in sizes):
         raise ValueError(f"placement request for {req.model!r} has a negative size")
 
@@ -252,7 +262,11 @@ def _cpu_bytes(req: PlaceRequest, ngl: int) -> int:
     if ngl > req.n_layer:
         return req.pinned_ram_bytes
     return (
-        sum(req.layer_bytes[: req.n_layer - ngl]) + req.nonrepeating_bytes + req.compute_bytes + req.ram_bytes
+        sum(req.layer_bytes[: req.n_layer - ngl])
+        + req.nonrepeating_bytes
+        + req.compute_bytes
+        + req.ram_bytes
+        + req.ram_side_bytes
     )
 
 
@@ -409,7 +423,7 @@ def _moe_layout(req: PlaceRequest, pool: _Pool) -> _Layout | None:
         if layout is None:
             return None
         # RAM: the experts moved, plus a CPU compute buffer for their matmuls.
-        cpu = sum(req.expert_bytes[:n]) + req.compute_bytes + req.ram_bytes
+        cpu = sum(req.expert_bytes[:n]) + req.compute_bytes + req.ram_bytes + req.ram_side_bytes
         return replace(layout, cpu_bytes=cpu, n_cpu_moe=n, full=False) if cpu <= pool.cpu else None
 
     if at(n_max) is None:
@@ -534,8 +548,9 @@ def _no_fit(req: PlaceRequest, inv: Inventory, others: Sequence[Resident], limit
         return NoFit(req.model, need, pool.cpu, reason)
     if req.pinned_ram_bytes > pool.cpu:
         reason = (
-            f"model {req.model!r} does not fit: its own tensor overrides (-ot, --cpu-moe or --n-cpu-moe "
-            f"in extra_args) keep {_mib(req.pinned_ram_bytes)} in system RAM, with a CPU compute buffer, "
+            f"model {req.model!r} does not fit: its own placement flags in extra_args (-ot, --cpu-moe, "
+            f"--n-cpu-moe or --no-mmproj-offload) keep {_mib(req.pinned_ram_bytes)} in system RAM"
+            f"{', with a CPU compute buffer,' if req.ram_bytes else ''} "
             f"but only {_mib(pool.cpu)} is available{tail}"
         )
         return NoFit(req.model, req.pinned_ram_bytes, pool.cpu, reason)

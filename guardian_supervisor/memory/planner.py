@@ -468,9 +468,7 @@ class VramPlanner:
             pinned,
         )
         if use.projector_in_ram:  # --no-mmproj-offload: the projector's bytes are RAM
-            request = replace(
-                request, ram_bytes=request.ram_bytes + use.projector_bytes + use.projector_compute_bytes
-            )
+            request = replace(request, ram_side_bytes=use.projector_bytes + use.projector_compute_bytes)
         others = []
         for r in residents:
             p = self.placed.get(r.name)
@@ -508,8 +506,8 @@ class VramPlanner:
             "per_gpu_mib": {str(k): mib(v) for k, v in decision.per_gpu_bytes.items()},
         }
         # the user's -ot/--n-cpu-moe/--no-mmproj-offload: say what stays in RAM
-        if request.ram_bytes and inv.gpus:
-            info["ram_by_extra_args_mib"] = mib(request.ram_bytes)
+        if (request.ram_bytes or request.ram_side_bytes) and inv.gpus:
+            info["ram_by_extra_args_mib"] = mib(request.ram_bytes + request.ram_side_bytes)
         # Recorded before any await: a plan made meanwhile must see this model's bytes.
         self.placed[model.name] = Placed(
             dict(decision.per_gpu_bytes), decision.cpu_bytes, use.total_bytes, decision.gpus, swa_full=swa.on

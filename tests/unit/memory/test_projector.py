@@ -213,15 +213,18 @@ async def test_the_planner_counts_the_projector_in_vram_or_ram(tmp_path: Path) -
     src = {n: await p.sources(p.config.models[n], 2048) for n in ("plain", "vis", "ram")}
     assert src["vis"].used.total_bytes - src["plain"].used.total_bytes == pe.weights_bytes + pe.compute_bytes
     assert src["ram"].used.projector_in_ram and src["ram"].used.total_bytes == src["plain"].used.total_bytes
-    plans = {}
+    plans, ram = {}, {}
     for n in ("plain", "vis", "ram"):
         rt = SimpleNamespace(name=n, config=p.config.models[n])
         plans[n] = await p.plan(rt, 2048, [])  # type: ignore[arg-type]
         assert isinstance(plans[n], Go)
+        ram[n] = p.placed[n].cpu_bytes
         p.placed.clear()
     vram = {n: sum(plans[n].info["per_gpu_mib"].values()) for n in plans}  # type: ignore[union-attr]
     # --no-mmproj-offload: the GPU holds what the plain model does, RAM the projector
     assert vram["ram"] == vram["plain"] < vram["vis"]
+    # in RAM: the projector's bytes alone (its warm-up buffer inside), no CPU compute buffer
+    assert ram == {"plain": 0, "vis": 0, "ram": pe.weights_bytes + pe.compute_bytes}
     assert plans["ram"].info["ram_by_extra_args_mib"] == round((pe.weights_bytes + pe.compute_bytes) / MiB)  # type: ignore[union-attr]
 
 

@@ -76,3 +76,14 @@ def test_a_request_without_overrides_is_unchanged() -> None:
 
     req = PlaceRequest("m", (G,) * 4, NONREP, COMPUTE, OVERHEAD)
     assert ram_pinned_request(req, PinnedToRam((0,) * 4, 0)) is req
+
+
+def test_a_projector_in_ram_brings_no_compute_buffer_of_its_own() -> None:
+    # --no-mmproj-offload: clip's weights and warm-up buffer (2 GB together) sit in RAM; the
+    # text model's compute buffer stays on the GPU with its layers.
+    req = PlaceRequest("vis", (G,) * 4, NONREP, COMPUTE, OVERHEAD, ram_side_bytes=2 * G)
+    plan = as_plan(place(req, rig(gpu(0, 12, 0, "RTX 3060"), ram_gb=64, ram_free_gb=48), [], LIMITS))
+    assert plan.fits_fully and plan.cpu_bytes == 2 * G
+    refused = place(req, rig(gpu(0, 12, 0, "RTX 3060"), ram_gb=4, ram_free_gb=1), [], LIMITS)
+    assert isinstance(refused, NoFit) and "--no-mmproj-offload" in refused.reason, refused
+    assert "compute buffer" not in refused.reason and refused.needed_bytes == 2 * G
