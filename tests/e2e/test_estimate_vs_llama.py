@@ -162,3 +162,31 @@ def test_demo_models_answer_chat_and_render_tools(demo_models: dict[str, Path], 
             assert status == 200
             assert "<tools>" in rendered["prompt"] and "get_weather" in rendered["prompt"]
             assert rendered["prompt"].rstrip().endswith("<|im_start|>assistant")
+
+
+IK_SERVER = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "llama-server-ik"
+
+
+@pytest.mark.skipif(
+    not IK_SERVER.exists(), reason="ik_llama.cpp's llama-server not built: run 'make install'"
+)
+@pytest.mark.parametrize(
+    ("model", "ctx", "ub"), [("demo-a", 4096, 512), ("demo-b", 4096, 1024), ("demo-b", 8192, 256)]
+)
+def test_ik_without_flash_attention(
+    demo_models: dict[str, Path], tmp_path: Path, model: str, ctx: int, ub: int
+) -> None:
+    """ik_llama.cpp with -fa off: the KQ scores and mask dominate its compute buffer, with
+    fewer per-token rows beside them than upstream keeps (ik prints its buffers by default)."""
+    log = tmp_path / "llama.log"
+    args = ["-c", str(ctx), "-np", "1", "-fa", "off", "-t", "2", "-b", "2048", "-ub", str(ub)]
+    with llama_server(demo_models[model], log, *args, binary=IK_SERVER):
+        pass
+    measured = parse_buffer_lines(log.read_text(errors="replace").splitlines())
+    assert measured.source == "buffers", log.read_text()[-3000:]
+    est = estimate(
+        read_model_info(demo_models[model]), ctx=ctx, n_ubatch=ub, gpu=False, flash_attn=False, flavor="ik"
+    )
+    detail = f"estimate {est.to_dict()} vs measured {measured}"
+    assert abs(est.compute_bytes / measured.compute_bytes - 1) <= 0.01, detail
+    assert abs(est.total_bytes / measured.total_bytes - 1) <= 0.02, detail
