@@ -14,16 +14,15 @@ against the same buffers (to its whole-MiB resolution).
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import pytest
 
 from guardian_supervisor.memory.estimate import MIB, estimate
-from guardian_supervisor.memory.fitparams import FitParams, LaunchKnobs, find_binary, projection_of
+from guardian_supervisor.memory.fitparams import find_binary
 from guardian_supervisor.memory.gguf_info import read_model_info
 from tests.e2e.test_estimate_vs_llama import LLAMA_SERVER
-from tests.families.measure import serve_and_measure
+from tests.families.measure import check_fit_params, serve_and_measure
 from tests.families.swa_families import write_all
 
 FIT = find_binary()
@@ -100,20 +99,4 @@ def test_fit_params_projection_per_swa_family(
     assert LLAMA_SERVER is not None
     ctx = CONTEXTS[fam][1]
     model = family_models[fam]
-    knobs = LaunchKnobs(ctx=ctx, n_parallel=1, kv_type=kv, flash_attn="on")
-    rec = asyncio.run(FitParams(tmp_path / "fitparams.json", FIT).project(model, knobs))
-    info = read_model_info(model)
-    est = estimate(info, ctx=ctx, kv_type=kv, gpu=False)
-    proj = projection_of(rec, n_vocab=info.n_vocab, knobs=knobs, cells=est.ctx, floor_compute=0)
-    measured = serve_and_measure(model, tmp_path / "llama.log", "upstream", fam, ctx=ctx, kv=kv)
-    projected = proj.total_bytes + est.output_bytes
-    print(
-        f"\n{fam} ctx {ctx} {kv}: fit-params {projected / MIB:.2f} MiB (KV {proj.kv_bytes / MIB:.0f}, "
-        f"compute {proj.raw_compute_bytes / MIB:.0f}) {100 * (projected / measured.total_bytes - 1):+.1f} %, "
-        f"estimator {100 * (est.total_bytes / measured.total_bytes - 1):+.1f} %, measured "
-        f"{measured.total_bytes / MIB:.2f} MiB (KV {measured.kv_bytes / MIB:.2f})"
-    )
-    # its context column holds both caches (full and windowed), truncated to whole MiB
-    assert 0 <= measured.kv_bytes - proj.kv_bytes < MIB
-    assert 0 <= measured.total_bytes - projected < 3 * MIB
-    assert abs(est.total_bytes / measured.total_bytes - 1) <= 0.05
+    check_fit_params(model, fam, tmp_path, ctx=ctx, kv=kv, fit_binary=FIT)

@@ -7,12 +7,14 @@ that proves the model really runs, and a skip naming the fork's own words when i
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 
-from guardian_supervisor.memory.estimate import Measured, parse_buffer_lines
+from guardian_supervisor.memory.estimate import MIB, Measured, estimate, parse_buffer_lines
+from guardian_supervisor.memory.fitparams import FitParams, LaunchKnobs, projection_of
 from guardian_supervisor.memory.gguf_info import read_model_info
 from tests.e2e.test_estimate_vs_llama import LLAMA_SERVER, http, llama_server
 
@@ -78,3 +80,26 @@ def serve_and_measure(
     measured = parse_buffer_lines(log.read_text(errors="replace").splitlines())
     assert measured.source == "buffers", log.read_text()[-3000:]
     return measured
+
+
+def check_fit_params(model: Path, fam: str, tmp_path: Path, *, ctx: int, kv: str, fit_binary: str) -> None:
+    """llama.cpp's own projection (llama-fit-params) against what upstream allocated, beside
+    the estimator's error. The tool prints whole MiB, truncated: each of its three columns
+    may be up to 1 MiB short, which on models this small is several per cent. Its context
+    column holds every cache (full, windowed) and the recurrent state."""
+    knobs = LaunchKnobs(ctx=ctx, n_parallel=1, kv_type=kv, flash_attn="on")
+    rec = asyncio.run(FitParams(tmp_path / "fitparams.json", fit_binary).project(model, knobs))
+    info = read_model_info(model)
+    est = estimate(info, ctx=ctx, kv_type=kv, gpu=False)
+    proj = projection_of(rec, n_vocab=info.n_vocab, knobs=knobs, cells=est.ctx, floor_compute=0)
+    measured = serve_and_measure(model, tmp_path / "llama.log", "upstream", fam, ctx=ctx, kv=kv)
+    projected = proj.total_bytes + est.output_bytes
+    print(
+        f"\n{fam} ctx {ctx} {kv}: fit-params {projected / MIB:.2f} MiB (KV+state {proj.kv_bytes / MIB:.0f}, "
+        f"compute {proj.raw_compute_bytes / MIB:.0f}) {100 * (projected / measured.total_bytes - 1):+.1f} %, "
+        f"estimator {100 * (est.total_bytes / measured.total_bytes - 1):+.1f} %, measured "
+        f"{measured.total_bytes / MIB:.2f} MiB (KV+state {measured.kv_bytes / MIB:.2f})"
+    )
+    assert 0 <= measured.kv_bytes - proj.kv_bytes < MIB
+    assert 0 <= measured.total_bytes - projected < 3 * MIB
+    assert abs(est.total_bytes / measured.total_bytes - 1) <= 0.05
