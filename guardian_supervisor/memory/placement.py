@@ -75,7 +75,12 @@ class PlaceRequest:
     @property
     def weights_bytes(self) -> int:
         """Weights + KV cache of the whole model, without compute buffers or overhead."""
-        return self.gpu_weights_bytes + self.ram_bytes + self.ram_side_bytes
+        return self.gpu_weights_bytes + self.extra_ram_bytes
+
+    @property
+    def extra_ram_bytes(self) -> int:
+        """What the user's flags keep in RAM whatever -ngl says."""
+        return self.ram_bytes + self.ram_side_bytes
 
     @property
     def pinned_ram_bytes(self) -> int:
@@ -265,8 +270,7 @@ def _cpu_bytes(req: PlaceRequest, ngl: int) -> int:
         sum(req.layer_bytes[: req.n_layer - ngl])
         + req.nonrepeating_bytes
         + req.compute_bytes
-        + req.ram_bytes
-        + req.ram_side_bytes
+        + req.extra_ram_bytes
     )
 
 
@@ -423,7 +427,7 @@ def _moe_layout(req: PlaceRequest, pool: _Pool) -> _Layout | None:
         if layout is None:
             return None
         # RAM: the experts moved, plus a CPU compute buffer for their matmuls.
-        cpu = sum(req.expert_bytes[:n]) + req.compute_bytes + req.ram_bytes + req.ram_side_bytes
+        cpu = sum(req.expert_bytes[:n]) + req.compute_bytes + req.extra_ram_bytes
         return replace(layout, cpu_bytes=cpu, n_cpu_moe=n, full=False) if cpu <= pool.cpu else None
 
     if at(n_max) is None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import shlex
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -45,7 +44,7 @@ from guardian_supervisor.memory.projector import (
 )
 from guardian_supervisor.memory.ram_bandwidth import read_bandwidth
 from guardian_supervisor.memory.tensor_overrides import PinnedToRam, parse_rules, pinned_to_ram
-from guardian_supervisor.models.argv import IK_CACHE_RAM_MIB, Placement, launch_ctx
+from guardian_supervisor.models.argv import IK_CACHE_RAM_MIB, Placement, launch_ctx, user_argv
 from guardian_supervisor.models.plans import Go, PlanResult, Refuse, Wait
 from guardian_supervisor.models.runtime import ModelRuntime, Profile
 from shared.atomic import read_json, write_json_atomic
@@ -388,9 +387,7 @@ class VramPlanner:
         overhead_mb = self.config.settings.gpus.overhead_mb
         overhead = (overhead_mb * MiB if overhead_mb is not None else None) if gpu else 0
         s = self.config.settings.sessions
-        unified = backend.flavor == "upstream" and kv_unified_in(
-            [*shlex.split(backend.extra_args), *model.extra_argv]
-        )
+        unified = backend.flavor == "upstream" and kv_unified_in(user_argv(model, backend))
         swa = choose_swa_full(
             info, model, ctx, backend.flavor, s.carry_over, s.swa_full_max_mb * MiB, unified
         )
@@ -407,7 +404,7 @@ class VramPlanner:
                 flavor=backend.flavor,
                 flash_attn=model.flash_attn != "off",
             )
-            in_ram = gpu and projector_in_ram([*shlex.split(backend.extra_args), *model.extra_argv])
+            in_ram = gpu and projector_in_ram(user_argv(model, backend))
             est = with_projector(est, mmproj.weights_bytes, mmproj.compute_bytes, in_ram)
         meas = (await self.measured()).get(await asyncio.to_thread(measured_key, model, ctx, swa.on))
         proj, fit_error = None, None
@@ -453,7 +450,7 @@ class VramPlanner:
         vram_limit = s.proxy.vram_limit_mb * MiB if s.proxy.vram_limit_mb else None
         gguf = await self.info(model)
         backend = self.config.backend_of(model)
-        pinned = pinned_to_ram(gguf, parse_rules([*shlex.split(backend.extra_args), *model.extra_argv]))
+        pinned = pinned_to_ram(gguf, parse_rules(user_argv(model, backend)))
         request = ram_pinned_request(
             pl.PlaceRequest(
                 model=model.name,
@@ -506,8 +503,8 @@ class VramPlanner:
             "per_gpu_mib": {str(k): mib(v) for k, v in decision.per_gpu_bytes.items()},
         }
         # the user's -ot/--n-cpu-moe/--no-mmproj-offload: say what stays in RAM
-        if (request.ram_bytes or request.ram_side_bytes) and inv.gpus:
-            info["ram_by_extra_args_mib"] = mib(request.ram_bytes + request.ram_side_bytes)
+        if request.extra_ram_bytes and inv.gpus:
+            info["ram_by_extra_args_mib"] = mib(request.extra_ram_bytes)
         # Recorded before any await: a plan made meanwhile must see this model's bytes.
         self.placed[model.name] = Placed(
             dict(decision.per_gpu_bytes), decision.cpu_bytes, use.total_bytes, decision.gpus, swa_full=swa.on
@@ -538,7 +535,7 @@ class VramPlanner:
         return Go(evict=decision.evict, placement=placement, info=info, env=env)
 
     async def ram_bandwidth(self) -> float:
-        """RAM read bytes/s for the offload speed: gpus.ram_gbs, else measured once (~0.3 s,
+        """RAM read bytes/s for the offload speed: gpus.ram_gbs, else measured once (0.2-1.5 s,
         in a thread) and kept for the life of the process."""
         if (gbs := self.config.settings.gpus.ram_gbs) is not None:
             return gbs * 1e9
@@ -591,14 +588,15 @@ class VramPlanner:
         if meas.source == "none":
             return
         proj = parse_projector_lines(tail) if rt.config.mmproj is not None else None
+        proj_bytes = proj.total_bytes if proj else 0
         record = {
             "model_bytes": meas.model_bytes,
             "kv_bytes": meas.kv_bytes,
             "compute_bytes": meas.compute_bytes,
             "output_bytes": meas.output_bytes,
             # clip's weights and warm-up buffer, apart from the text model's (0: no projector)
-            "projector_bytes": proj.total_bytes if proj else 0,
-            "total_bytes": meas.total_bytes + (proj.total_bytes if proj else 0),
+            "projector_bytes": proj_bytes,
+            "total_bytes": meas.total_bytes + proj_bytes,
             "vram_bytes": sum(d.total for n, d in meas.per_device.items() if not is_host_buffer(n)),
             "source": meas.source,
             "at": time.time(),

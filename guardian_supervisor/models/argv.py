@@ -108,6 +108,12 @@ def launch_ctx(model: ModelConfig, ctx: int | None = None) -> int:
     return (ctx or model.context) * model.parallel
 
 
+def user_argv(model: ModelConfig, backend: Backend) -> list[str]:
+    """The user's own extra arguments as llama-server gets them: the backend's, then the
+    model's (a flag given twice counts as the last one)."""
+    return [*shlex.split(backend.extra_args), *model.extra_argv]
+
+
 def check_extra_args(flavor: str, model: str, args: list[str]) -> str | None:
     """Return an error naming the model and flag if `args` has a flag the flavor rejects."""
     fork = "ik_llama.cpp" if flavor == "ik" else "upstream llama.cpp"
@@ -143,7 +149,7 @@ def check_model(model: ModelConfig, backend: Backend, *, on_cpu: bool = False) -
         return f"model {model.name!r}: kv_type {model.kv_type} exists only in ik_llama.cpp; use backend: ik_fork or another kv_type"
     if model.kv_type in QUANTIZED_KV and model.flash_attn == "off":
         return f"model {model.name!r}: a quantized KV cache ({model.kv_type}) needs flash attention; set flash_attn: on or auto"
-    return check_extra_args(backend.flavor, model.name, [*shlex.split(backend.extra_args), *model.extra_argv])
+    return check_extra_args(backend.flavor, model.name, user_argv(model, backend))
 
 
 def build_argv(
@@ -207,4 +213,4 @@ def build_argv(
         argv += ["--mmproj", str(model.mmproj)]
     if slot_dir is not None:
         argv += ["--slot-save-path", str(slot_dir)]
-    return argv + shlex.split(backend.extra_args) + model.extra_argv
+    return argv + user_argv(model, backend)
