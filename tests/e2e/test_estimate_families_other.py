@@ -20,7 +20,7 @@ from guardian_supervisor.memory.estimate import MIB, estimate
 from guardian_supervisor.memory.fitparams import find_binary
 from guardian_supervisor.memory.gguf_info import read_model_info
 from tests.e2e.test_estimate_vs_llama import LLAMA_SERVER
-from tests.families.measure import check_fit_params, serve_and_measure
+from tests.families.measure import check_fit_params, compare, serve_and_measure
 from tests.families.other_families import write_all
 
 FIT = find_binary()
@@ -49,13 +49,7 @@ def test_family_estimate_within_5_percent(
     model = family_models[fam]
     measured = serve_and_measure(model, tmp_path / "llama.log", fork, fam, ctx=ctx, kv=kv, n_par=n_par)
     est = estimate(read_model_info(model), ctx=ctx, kv_type=kv, n_parallel=n_par, gpu=False, flavor=fork)
-    print(
-        f"\n{fam} {fork} ctx {ctx} {kv} np {n_par}: estimate {est.total_bytes / MIB:.2f} MiB "
-        f"(KV+state {est.kv_bytes / MIB:.2f}, compute {est.compute_bytes / MIB:.2f}) vs measured "
-        f"{measured.total_bytes / MIB:.2f} MiB (KV+state {measured.kv_bytes / MIB:.2f}, compute "
-        f"{measured.compute_bytes / MIB:.2f}): {100 * (est.total_bytes / measured.total_bytes - 1):+.1f} %"
-    )
-    detail = f"estimate {est.to_dict()} vs measured {measured}"
+    detail = compare(f"{fam} {fork} ctx {ctx} {kv} np {n_par}", est, measured)
     assert abs(est.total_bytes / measured.total_bytes - 1) <= 0.05, detail
     if fam == "bert" and fork == "upstream":
         assert measured.kv_bytes == est.kv_bytes == 0, detail  # upstream gives an encoder no cache

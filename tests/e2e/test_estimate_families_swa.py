@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from guardian_supervisor.memory.estimate import MIB, estimate
+from guardian_supervisor.memory.estimate import estimate
 from guardian_supervisor.memory.fitparams import find_binary
 from guardian_supervisor.memory.gguf_info import read_model_info
 from tests.e2e.test_estimate_vs_llama import LLAMA_SERVER
-from tests.families.measure import check_fit_params, serve_and_measure
+from tests.families.measure import check_fit_params, compare, serve_and_measure
 from tests.families.swa_families import write_all
 
 FIT = find_binary()
@@ -75,14 +75,7 @@ def test_swa_family_estimate_within_5_percent(
         gpu=False,
         flavor=fork,
     )
-    print(
-        f"\n{fam} {fork} ctx {ctx} {kv} np {n_par}{' kvu' if unified else ''}: estimate "
-        f"{est.total_bytes / MIB:.2f} MiB (KV {est.kv_bytes / MIB:.2f}, compute {est.compute_bytes / MIB:.2f}) "
-        f"vs measured {measured.total_bytes / MIB:.2f} MiB (KV {measured.kv_bytes / MIB:.2f}, compute "
-        f"{measured.compute_bytes / MIB:.2f}): KV {100 * (est.kv_bytes / measured.kv_bytes - 1):+.1f} %, "
-        f"total {100 * (est.total_bytes / measured.total_bytes - 1):+.1f} %"
-    )
-    detail = f"estimate {est.to_dict()} vs measured {measured}"
+    detail = compare(f"{fam} {fork} ctx {ctx} {kv} np {n_par}{' kvu' if unified else ''}", est, measured)
     assert abs(est.kv_bytes / measured.kv_bytes - 1) <= 0.05, detail
     assert abs(est.total_bytes / measured.total_bytes - 1) <= 0.05, detail
 

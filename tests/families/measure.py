@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from guardian_supervisor.memory.estimate import MIB, Measured, estimate, parse_buffer_lines
+from guardian_supervisor.memory.estimate import MIB, Estimate, Measured, estimate, parse_buffer_lines
 from guardian_supervisor.memory.fitparams import FitParams, LaunchKnobs, projection_of
 from guardian_supervisor.memory.gguf_info import read_model_info
 from tests.e2e.test_estimate_vs_llama import LLAMA_SERVER, http, llama_server
@@ -103,3 +103,16 @@ def check_fit_params(model: Path, fam: str, tmp_path: Path, *, ctx: int, kv: str
     assert 0 <= measured.kv_bytes - proj.kv_bytes < MIB
     assert 0 <= measured.total_bytes - projected < 3 * MIB
     assert abs(est.total_bytes / measured.total_bytes - 1) <= 0.05
+
+
+def compare(label: str, est: Estimate, measured: Measured) -> str:
+    """Print the estimate beside the printed buffers (pytest -s shows the figures the README
+    quotes); return the detail an assertion shows."""
+    print(
+        f"\n{label}: estimate {est.total_bytes / MIB:.2f} MiB (KV+state {est.kv_bytes / MIB:.2f}, "
+        f"compute {est.compute_bytes / MIB:.2f}) vs measured {measured.total_bytes / MIB:.2f} MiB "
+        f"(KV+state {measured.kv_bytes / MIB:.2f}, compute {measured.compute_bytes / MIB:.2f}): "
+        f"KV {100 * (est.kv_bytes / measured.kv_bytes - 1) if measured.kv_bytes else 0:+.1f} %, "
+        f"total {100 * (est.total_bytes / measured.total_bytes - 1):+.1f} %"
+    )
+    return f"estimate {est.to_dict()} vs measured {measured}"
